@@ -1,0 +1,1 @@
+"""Training and checkpoints. Import submodules directly: `robopolicy.train.trainer`, `robopolicy.train.checkpoint`."""

@@ -1,0 +1,127 @@
+"""PolicyRunner: observation history -> action chunk -> one action per control step.
+
+The same object runs in simulation and behind the ROS 2 node, so what is evaluated is what is deployed.
+
+Timeline with To=2, H=16, Ta=8 (naive executor): at control step k the runner holds obs k-1 and k,
+predicts actions for steps k-1 ... k+14, and executes k ... k+7 (chunk indices To-1 ... To-1+Ta-1)
+before it plans again.
+
+    chunk index   0    1    2 ... 8    9 ... 15
+    time          k-1  k    k+1   k+7  k+8   k+14
+    executed           ^----------^
+"""
+
+import collections
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robopolicy.nn.obs_encoder import is_image_key
+from robopolicy.policies import Policy
+from robopolicy.store import Normalizer
+from robopolicy.train.checkpoint import load_policy
+
+
+class ObservationError(ValueError):
+    pass
+
+
+class PolicyRunner:
+    def __init__(self, policy: Policy, normalizer: Normalizer, meta: dict, device: str | torch.device = "cpu",
+                 seed: int | None = None):
+        self.policy = policy.eval()
+        self.normalizer = normalizer
+        self.device = torch.device(device)
+        self.config = policy.config
+        self.action_key = meta.get("action_key", "action")
+        self.action_semantics = meta.get("action_semantics", "unknown")
+        self.action_dim = self.config.action_dim
+        self.obs_shapes = {k: tuple(v) for k, v in self.config.obs_shapes.items()}
+        self.generator = torch.Generator(self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", sampler: str | None = None,
+                        num_inference_steps: int | None = None, seed: int | None = None) -> "PolicyRunner":
+        """Loads EMA weights; `sampler`/`num_inference_steps` override the checkpoint's defaults (diffusion)."""
+        policy, normalizer, meta = load_policy(path, device)
+        if sampler is not None:
+            policy.config.sampler = sampler
+        if num_inference_steps is not None:
+            policy.config.num_inference_steps = num_inference_steps
+        if hasattr(policy.config, "__post_init__") and (sampler or num_inference_steps):
+            policy.config.__post_init__()  # re-validate the overridden sampler settings
+        return cls(policy, normalizer, meta, device, seed)
+
+    @property
+    def sampler(self) -> str:
+        return self.policy.sampler_name
+
+    @property
+    def nfe(self) -> int:
+        return self.policy.nfe
+
+    def reset(self, seed: int | None = None) -> None:
+        """Starts an episode. A seed makes its sampling noise reproducible whatever else ran before."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.history: collections.deque = collections.deque(maxlen=self.config.n_obs_steps)
+        self.queue: collections.deque = collections.deque()
+        self.policy.reset()
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """One control step: record obs, plan when the queue is empty, return the next action (A,)."""
+        self.history.append(self._check(obs))
+        if not self.queue:
+            chunk = self.predict_chunk()
+            start = self.config.n_obs_steps - 1
+            self.queue.extend(chunk[start : start + self.config.n_action_steps])
+        return self.queue.popleft()
+
+    def predict_chunk(self) -> np.ndarray:
+        """Whole un-normalised chunk (H, A) from the current history (the first frame repeats until To arrive)."""
+        frames = list(self.history)
+        frames = [frames[0]] * (self.config.n_obs_steps - len(frames)) + frames
+        obs = {}
+        for key in self.obs_shapes:
+            stacked = torch.from_numpy(np.stack([f[key] for f in frames])[None]).to(self.device)
+            obs[key] = self.normalizer.normalize(key, stacked)
+        with torch.inference_mode():
+            chunk = self.policy.predict_chunk(obs, generator=self.generator)
+        return self.normalizer.unnormalize(self.action_key, chunk)[0].float().cpu().numpy()
+
+    def _check(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked = {}
+        for key, shape in self.obs_shapes.items():
+            if key not in obs:
+                raise ObservationError(f"observation is missing '{key}' (has {sorted(obs)}); the policy needs "
+                                       f"{sorted(self.obs_shapes)}")
+            value = np.asarray(obs[key])
+            if value.shape != shape:
+                raise ObservationError(f"observation '{key}' has shape {value.shape}, the policy expects {shape}")
+            if is_image_key(key):
+                if value.dtype != np.uint8:
+                    raise ObservationError(f"image '{key}' must be uint8 HWC, got {value.dtype}")
+            else:
+                value = value.astype(np.float32)
+                if not np.all(np.isfinite(value)):
+                    raise ObservationError(f"observation '{key}' contains NaN or inf: {value}")
+            checked[key] = value
+        return checked
+
+
+class CheckpointPolicy:
+    """Picklable factory for evaluation workers: each process loads its own runner from disk."""
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", sampler: str | None = None,
+                 num_inference_steps: int | None = None, seed: int = 0):
+        self.checkpoint = str(Path(checkpoint))
+        self.device, self.sampler, self.num_inference_steps, self.seed = device, sampler, num_inference_steps, seed
+
+    def __call__(self) -> PolicyRunner:
+        return PolicyRunner.from_checkpoint(self.checkpoint, self.device, self.sampler, self.num_inference_steps,
+                                            self.seed)

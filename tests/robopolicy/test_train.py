@@ -1,0 +1,210 @@
+"""Training on real zarr stores: learning, checkpoints without pickle, resume, DDP, bad input."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+from robopolicy.cli import main as cli
+from robopolicy.policies import DiffusionPolicy
+from robopolicy.store import DemoStore, StoreError
+from robopolicy.train.checkpoint import CheckpointError, load_policy, resolve_checkpoint
+from robopolicy.train.trainer import train
+from tests.robopolicy.toy_store import reach_episode, write_reach_store
+
+TINY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_action_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def reach_store(tmp_path_factory):
+    return write_reach_store(tmp_path_factory.mktemp("store") / "reach.zarr", episodes=30)
+
+
+@pytest.fixture(scope="module")
+def trained(reach_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    summary = train(reach_store, out, preset="cpu", policy_overrides=TINY, progress=False, cpu=True,
+                    train_overrides={"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 20,
+                                     "val_every": 50, "val_episodes": 2})
+    return out, summary
+
+
+def metrics(run: Path, name: str) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r[name] for r in rows if name in r]
+
+
+def test_training_learns_and_writes_a_checkpoint_and_logs(trained):
+    out, summary = trained
+    assert summary["steps"] == 300
+    train_loss, val_loss = metrics(out, "train/loss"), metrics(out, "val/loss")
+    assert np.mean(train_loss[-5:]) < 0.5 * np.mean(train_loss[:3])
+    assert len(val_loss) == 6 and val_loss[-1] < val_loss[0]
+    files = sorted(p.name for p in (out / "latest").iterdir())
+    assert files == ["config.json", "model.safetensors", "training_state.json", "training_state.safetensors"]
+    assert list((out / "logs").glob("events.out.tfevents.*"))  # TensorBoard
+    tensors = load_file(out / "latest" / "model.safetensors")
+    assert any(k.startswith("ema.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+
+
+def test_trained_policy_reaches_the_goal_through_the_runner(trained):
+    from robopolicy.runtime import PolicyRunner
+
+    out, _ = trained
+    runner = PolicyRunner.from_checkpoint(out, seed=0)
+    rng = np.random.default_rng(123)
+    errors, starts = [], []
+    for _ in range(8):
+        pos, goal = rng.uniform(-1, 1, 2).astype(np.float32), rng.uniform(-1, 1, 2).astype(np.float32)
+        starts.append(np.linalg.norm(pos - goal))
+        runner.reset()
+        for _ in range(25):
+            pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
+        errors.append(np.linalg.norm(pos - goal))
+    # Doing nothing leaves the point ~1 away; a policy that learned the task ends within a fraction of that.
+    assert np.median(errors) < 0.25 * np.median(starts), (errors, starts)
+
+
+def test_checkpoint_loads_without_unpickling(trained, monkeypatch):
+    out, _ = trained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checkpoint loading tried to unpickle")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
+        monkeypatch.setattr(module, name, refuse)
+    policy, normalizer, config = load_policy(out)
+    assert isinstance(policy, DiffusionPolicy) and config["step"] == 300
+    assert "action" in normalizer.keys
+
+
+def test_loading_uses_ema_weights_by_default(trained):
+    out, _ = trained
+    ema, _, _ = load_policy(out)
+    live, _, _ = load_policy(out, use_ema=False)
+    w_ema, w_live = ema.state_dict(), live.state_dict()
+    assert any(not torch.equal(w_ema[k], w_live[k]) for k in w_ema)
+
+
+def test_checkpoint_of_another_policy_or_action_dim_is_refused(trained, reach_store, tmp_path):
+    out, _ = trained
+    with pytest.raises(CheckpointError, match="holds a 'diffusion' policy, not 'flow'"):
+        load_policy(out, expect_policy="flow")
+    with pytest.raises(CheckpointError, match="predicts 2-d actions, but 7-d"):
+        load_policy(out, expect_action_dim=7)
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
+        resolve_checkpoint(tmp_path)
+    # Resuming a run directory with a store of another action dimension.
+    other = tmp_path / "wide.zarr"
+    from robopolicy.store import EpisodeWriter
+
+    with EpisodeWriter(other) as w:
+        for _ in range(3):
+            w.add_episode({"state": np.zeros((20, 4), np.float32), "action": np.zeros((20, 3), np.float32)})
+    with pytest.raises(CheckpointError, match="2-d actions, the store has 3-d"):
+        train(str(other), out, progress=False, cpu=True)
+    # A config.json that names a policy we do not have.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg = json.loads((out / "latest" / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "policy": "nonsense"}))
+    with pytest.raises(ValueError, match="unknown policy 'nonsense'"):
+        load_policy(bad)
+
+
+def test_interrupted_training_resumes_bit_for_bit(reach_store, tmp_path):
+    args = dict(preset="cpu", policy_overrides=TINY, progress=False, cpu=True)
+    overrides = {"batch_size": 32, "warmup_steps": 5, "val_every": 1000, "save_every": 1000}
+    train(reach_store, tmp_path / "straight", train_overrides={**overrides, "steps": 30}, **args)
+    train(reach_store, tmp_path / "resumed", train_overrides={**overrides, "steps": 15}, **args)
+    train(reach_store, tmp_path / "resumed", train_overrides={**overrides, "steps": 30}, **args)
+    a = load_file(tmp_path / "straight" / "latest" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "latest" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 30 and steps.count(10) == 2  # train/loss and train/lr logged once each at step 10
+
+
+def write_diffusion_policy_replay_buffer(path: Path, zip_path: Path | None = None) -> None:
+    """What Diffusion Policy's ReplayBuffer writes: zarr v2, data/<key> + meta/episode_ends, Blosc lz4, no attrs."""
+    rng = np.random.default_rng(1)
+    episodes = [reach_episode(rng, int(rng.integers(20, 30))) for _ in range(6)]
+    compressor = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
+
+    def fill(store):
+        root = zarr.open_group(store, mode="w", zarr_format=2)
+        data = root.create_group("data")
+        for key in ("state", "action"):
+            values = np.concatenate([e[key] for e in episodes])
+            data.create_array(key, shape=values.shape, chunks=(100, values.shape[1]), dtype=values.dtype,
+                              compressors=compressor)[:] = values
+        ends = np.cumsum([len(e["action"]) for e in episodes]).astype(np.int64)
+        root.create_group("meta").create_array("episode_ends", shape=ends.shape, dtype=np.int64,
+                                               compressors=compressor)[:] = ends
+
+    fill(zarr.storage.LocalStore(str(path)))
+    if zip_path is not None:
+        zip_store = zarr.storage.ZipStore(str(zip_path), mode="w")
+        fill(zip_store)
+        zip_store.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "zip"])
+def test_diffusion_policy_replay_buffer_trains_unchanged(tmp_path, kind):
+    directory, zipped = tmp_path / "replay.zarr", tmp_path / "replay.zarr.zip"
+    write_diffusion_policy_replay_buffer(directory, zipped)
+    store_path = directory if kind == "directory" else zipped
+    assert DemoStore.open(store_path).attrs == {}
+    code = cli(["--quiet", "train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--steps", "3",
+                "--batch-size", "8", "--device", "cpu"])
+    assert code == 0
+    config = json.loads((tmp_path / "run" / "latest" / "config.json").read_text())
+    assert config["action_key"] == "action" and config["obs_keys"] == ["state"]
+    assert config["action_semantics"] == "unknown" and config["policy_config"]["action_dim"] == 2
+
+
+def test_bad_stores_fail_with_clear_errors(tmp_path, reach_store, capsys):
+    out = str(tmp_path / "run")
+    assert cli(["train", "--store", str(tmp_path), "--out", out]) == 2
+    assert "not" in capsys.readouterr().err  # names the path and says it is not a store
+
+    assert cli(["train", "--store", reach_store, "--out", out, "--obs-keys", "state,image_wrist"]) == 2
+    err = capsys.readouterr().err
+    assert "image_wrist" in err and "state" in err
+
+    nan_store = tmp_path / "nan.zarr"
+    from robopolicy.store import EpisodeWriter
+
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(nan_store) as w:
+        w.add_episode(reach_episode(rng, 20))
+        bad = reach_episode(rng, 20)
+        bad["action"][7, 1] = np.nan
+        w.add_episode(bad)
+    with pytest.raises(StoreError, match="episode 1") as info:
+        train(str(nan_store), out, progress=False, cpu=True)
+    assert "action" in str(info.value)
+
+
+def test_two_process_ddp_training_on_cpu(reach_store, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "robopolicy.cli",
+           "--quiet", "train", "--store", reach_store, "--out", str(out), "--steps", "4", "--batch-size", "8",
+           "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "latest" / "config.json").read_text())
+    assert config["provenance"]["processes"] == 2 and config["step"] == 4
