@@ -87,8 +87,9 @@ class Normalizer:
 
     # -- lookup
 
+    @property
     def keys(self) -> list[str]:
-        """The normalised keys, sorted."""
+        """The normalised keys, sorted (a property, like ``DemoStore.keys``)."""
         return sorted(self._params)
 
     def __contains__(self, key: str) -> bool:
@@ -96,7 +97,7 @@ class Normalizer:
 
     def _get(self, key: str) -> dict[str, Any]:
         if key not in self._params:
-            raise UnknownKeyError(f"normalizer has no key {key!r}; known keys: {self.keys()}")
+            raise UnknownKeyError(f"normalizer has no key {key!r}; known keys: {self.keys}")
         return self._params[key]
 
     def mode(self, key: str) -> str:

@@ -1,9 +1,11 @@
 """Training loop: windows from a zarr store -> Policy.compute_loss, with AdamW, cosine warm-up, EMA,
 validation on held-out episodes, periodic evaluation, safetensors checkpoints, resume, and DDP.
 
-Multi-process (DDP over gloo on CPU, NCCL on GPUs, several nodes) comes from accelerate: launch this
-same command with `accelerate launch --num_processes N -m robopolicy.cli train ...`. Every process
-draws its own batches (seeded by rank), so the global batch is `batch_size × processes`.
+Multi-process training (DDP) comes from accelerate: on GPUs launch this same command with
+`accelerate launch --multi_gpu --num_processes N -m robopolicy.cli train ...` (add --num_machines and
+--machine_rank for several nodes); on CPUs with `torchrun --nproc_per_node N -m robopolicy.cli train ...
+--device cpu` (gloo). Every process draws its own batches (seeded by rank), so the global batch is
+`batch_size × processes`.
 """
 
 import dataclasses
@@ -67,8 +69,13 @@ EvaluateFn = Callable[[Path, int], dict]  # (checkpoint dir, episodes) -> {"succ
 def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset: str = "cpu",
           train_overrides: dict | None = None, policy_overrides: dict | None = None,
           obs_keys: list[str] | None = None, action_key: str | None = None,
-          evaluate: EvaluateFn | None = None, cpu: bool = False, progress: bool = True) -> dict:
-    """Trains (or resumes) a policy on a store and returns a summary dict. See TrainConfig for the knobs."""
+          evaluate: EvaluateFn | None = None, cpu: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> dict:
+    """Trains (or resumes) a policy on a store and returns a summary dict. See TrainConfig for the knobs.
+
+    `stop_at` ends this invocation at that step with a checkpoint, as a pre-empted job would; running again
+    resumes it on the same schedule.
+    """
     accelerator = Accelerator(cpu=cpu)
     main = accelerator.is_main_process
     out = Path(out_dir)
@@ -104,8 +111,11 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
 
     torch.manual_seed(config.seed)
     train_eps, val_eps = split_episodes(store.n_episodes, config.val_episodes, config.seed)
+    # Padding as the reference task configs set it: the first window starts with To-1 repeated first frames,
+    # the last one still executes Ta real steps.
     window_args = dict(horizon=policy_config.horizon, n_obs_steps=policy_config.n_obs_steps, obs_keys=obs_keys,
-                       action_key=action_key)
+                       action_key=action_key, pad_before=policy_config.n_obs_steps - 1,
+                       pad_after=policy_config.n_action_steps - 1)
     train_windows = WindowSampler(arrays, store.episode_ends, episodes=train_eps, **window_args)
     val_windows = WindowSampler(arrays, store.episode_ends, episodes=val_eps, **window_args) if len(val_eps) else None
 
@@ -117,8 +127,10 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     ema_weights = None
     if resume:
         ema_weights, state = load_training_state(latest, policy, optimizer)
-        for _ in range(state["step"]):
-            lr_schedule.step()
+        lr_schedule.load_state_dict({**lr_schedule.state_dict(), "last_epoch": state["step"],
+                                     "_step_count": state["step"] + 1})
+        for group, lr in zip(optimizer.param_groups, lr_schedule.get_lr()):
+            group["lr"] = lr
     ema = EMAModel(policy.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=config.ema_power, foreach=True) if config.use_ema else None
     if ema is not None and ema_weights is not None:
@@ -205,7 +217,8 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
                dynamic_ncols=True)
     model.train()
     t_last, samples_since = time.perf_counter(), 0
-    while state["step"] < config.steps:
+    last_step = min(config.steps, stop_at or config.steps)
+    while state["step"] < last_step:
         rng = np.random.default_rng([config.seed, accelerator.process_index, state["step"]])
         batch = to_batch(train_windows.sample(rng.integers(0, len(train_windows), config.batch_size)))
         loss = model(batch)["loss"]
@@ -239,10 +252,17 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
         elif main and step % config.save_every == 0:
             save(latest)
     bar.close()
+    if accelerator.num_processes > 1:
+        # DDP keeps replicas identical only if every gradient went through the wrapped forward; verify it.
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        gathered = accelerator.gather(checksum)
+        if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-9, atol=0):
+            raise RuntimeError(f"DDP replicas diverged: parameter checksums {gathered.tolist()}")
+        meta["provenance"]["replica_checksums"] = gathered.tolist()
 
     if main:
         save(latest)
-        if evaluate is not None:
+        if evaluate is not None and state["step"] == config.steps:
             run_evaluation()
     accelerator.wait_for_everyone()
     logger.close()

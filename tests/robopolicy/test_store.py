@@ -695,7 +695,7 @@ def _stats():
 
 def test_normalizer_minmax_gaussian_image():
     n = Normalizer.from_store_stats(_stats(), modes={"state": "gaussian", "image_front": "image"})
-    assert n.keys() == ["action", "image_front", "state"] and n.mode("action") == "minmax"
+    assert n.keys == ["action", "image_front", "state"] and n.mode("action") == "minmax"
     x = np.array([[-2.0, 0.0, 3.0], [2.0, 10.0, 3.00001], [0.0, 5.0, 3.0]], dtype=np.float32)
     y = n.normalize("action", x)
     # Dimension 2 has range 1e-5 < 1e-4: shifted so its minimum maps to 0, not stretched over [-1, 1].
@@ -723,7 +723,7 @@ def test_normalizer_json_roundtrip_and_unknown_key():
     n = Normalizer.from_store_stats(_stats(), modes={"state": "gaussian", "image_front": "image"})
     d = json.loads(json.dumps(n.to_dict()))
     m = Normalizer.from_dict(d)
-    assert m.keys() == n.keys() and m.mode("state") == "gaussian"
+    assert m.keys == n.keys and m.mode("state") == "gaussian"
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     np.testing.assert_array_equal(m.normalize("action", x), n.normalize("action", x))
     np.testing.assert_array_equal(m.stats("action")["max"], np.float32([2.0, 10.0, 3.00001]))
