@@ -127,10 +127,9 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     ema_weights = None
     if resume:
         ema_weights, state = load_training_state(latest, policy, optimizer)
+        # The optimiser's restored param groups already carry this step's LR; the schedule continues from it.
         lr_schedule.load_state_dict({**lr_schedule.state_dict(), "last_epoch": state["step"],
                                      "_step_count": state["step"] + 1})
-        for group, lr in zip(optimizer.param_groups, lr_schedule.get_lr()):
-            group["lr"] = lr
     ema = EMAModel(policy.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=config.ema_power, foreach=True) if config.use_ema else None
     if ema is not None and ema_weights is not None:
