@@ -1,19 +1,46 @@
-"""Policy registry: `--policy NAME` resolves here."""
+"""Policy registry: `--policy NAME` resolves here.
+
+Each name maps to the module that defines it; the module is imported on first use, so adding a policy
+family is adding its file and one line below.
+"""
+
+import importlib
 
 from robopolicy.policies.base import Policy, PolicyConfig
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (DiffusionPolicy,)}
-# Names the user-facing contract reserves for families that are not built yet.
-PLANNED = ("flow", "seed", "ebt", "diffuser3d")
+POLICY_MODULES = {
+    "diffusion": "robopolicy.policies.diffusion",
+    "flow": "robopolicy.policies.flow",
+    "seed": "robopolicy.policies.seed",
+    "ebt": "robopolicy.policies.ebt",
+    "diffuser3d": "robopolicy.policies.diffuser3d",
+}
+
+
+def _find_module(name: str):
+    try:
+        return importlib.import_module(POLICY_MODULES[name])
+    except ModuleNotFoundError as e:
+        if e.name == POLICY_MODULES[name]:
+            return None  # reserved in the user-facing contract, not built yet
+        raise
+
+
+def available_policies() -> list[str]:
+    return [name for name in POLICY_MODULES if _find_module(name) is not None]
 
 
 def get_policy_class(name: str) -> type[Policy]:
-    if name in POLICIES:
-        return POLICIES[name]
-    if name in PLANNED:
-        raise ValueError(f"policy '{name}' is planned but not implemented yet; available: {sorted(POLICIES)}")
-    raise ValueError(f"unknown policy '{name}'; available: {sorted(POLICIES)}")
+    if name not in POLICY_MODULES:
+        raise ValueError(f"unknown policy '{name}'; available: {available_policies()}")
+    module = _find_module(name)
+    if module is None:
+        raise ValueError(f"policy '{name}' is planned but not implemented yet; available: {available_policies()}")
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, Policy) and value.__dict__.get("name") == name:
+            return value
+    raise ImportError(f"{POLICY_MODULES[name]} defines no Policy subclass with name = '{name}'")
 
 
 def build_config(name: str, preset: str, obs_shapes: dict, action_dim: int, **overrides) -> PolicyConfig:
@@ -37,5 +64,5 @@ def preset_train_overrides(name: str, preset: str, has_images: bool) -> dict:
     return values
 
 
-__all__ = ["POLICIES", "Policy", "PolicyConfig", "DiffusionConfig", "DiffusionPolicy", "get_policy_class",
-           "build_config", "preset_train_overrides"]
+__all__ = ["POLICY_MODULES", "Policy", "PolicyConfig", "DiffusionConfig", "DiffusionPolicy", "available_policies",
+           "get_policy_class", "build_config", "preset_train_overrides"]

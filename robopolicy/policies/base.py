@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,8 @@ class Policy(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[PolicyConfig]]
+    # {"cpu": {"policy": {...}, "train": {...}, "image": {...}}, "paper": {...}}: named configs for --config.
+    presets: ClassVar[dict[str, dict]]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -92,6 +95,16 @@ class Policy(nn.Module):
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Stateless by default."""
+
+    def batch_indices(self, n_windows: int, window_episode: np.ndarray, batch_size: int, step: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Which training windows make batch `step`, plus extra per-row arrays to put in the batch.
+
+        Uniform over windows by default. A recurrent policy overrides this to walk episodes in order (and
+        flag resets), as long as the result depends only on (step, rng) so that resumed runs repeat it.
+        `window_episode` (n_windows,) gives each window's episode.
+        """
+        return rng.integers(0, n_windows, batch_size), {}
 
     @property
     def sampler_name(self) -> str:

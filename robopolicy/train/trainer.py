@@ -219,7 +219,9 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     last_step = min(config.steps, stop_at or config.steps)
     while state["step"] < last_step:
         rng = np.random.default_rng([config.seed, accelerator.process_index, state["step"]])
-        batch = to_batch(train_windows.sample(rng.integers(0, len(train_windows), config.batch_size)))
+        idx, extras = policy.batch_indices(len(train_windows), train_windows.window_episode, config.batch_size,
+                                           state["step"], rng)
+        batch = to_batch({**train_windows.sample(idx), **extras})
         loss = model(batch)["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the data")
