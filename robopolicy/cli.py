@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--video", help="directory for mp4 rollouts")
     p.add_argument("--json", help="per-episode results")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"])
-    p.add_argument("--inference-steps", type=int)
+    p.add_argument("--sampler", help="override the checkpoint's sampler (diffusion: ddpm, ddim)")
+    p.add_argument("--inference-steps", type=int, help="override the number of sampling/refinement steps")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 
@@ -224,13 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robopolicy.store import StoreError
-    from robopolicy.train.checkpoint import CheckpointError
-
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (StoreError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input (store, checkpoint, task name, observation, config): the message names it; a traceback
+        # would bury it. ROBOPOLICY_DEBUG=1 shows the traceback anyway.
+        if os.environ.get("ROBOPOLICY_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

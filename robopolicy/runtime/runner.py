@@ -53,8 +53,8 @@ class PolicyRunner:
             policy.config.sampler = sampler
         if num_inference_steps is not None:
             policy.config.num_inference_steps = num_inference_steps
-        if hasattr(policy.config, "__post_init__") and (sampler or num_inference_steps):
-            policy.config.__post_init__()  # re-validate the overridden sampler settings
+        if sampler or num_inference_steps:
+            policy.config.__post_init__()  # re-validate: the policy's config knows which samplers it has
         return cls(policy, normalizer, meta, device, seed)
 
     @property
@@ -90,7 +90,8 @@ class PolicyRunner:
         for key in self.obs_shapes:
             stacked = torch.from_numpy(np.stack([f[key] for f in frames])[None]).to(self.device)
             obs[key] = self.normalizer.normalize(key, stacked)
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: energy-based policies take gradients w.r.t. actions inside.
+        with torch.no_grad():
             chunk = self.policy.predict_chunk(obs, generator=self.generator)
         return self.normalizer.unnormalize(self.action_key, chunk)[0].float().cpu().numpy()
 

@@ -94,3 +94,27 @@ def test_config_round_trip_and_validation():
         get_policy_class("ebt")
     with pytest.raises(ValueError, match="no config 'huge'"):
         build_config("diffusion", "huge", {"state": [39]}, 4)
+
+
+@pytest.mark.parametrize("sampler,train_steps,steps", [("ddpm", 1000, 1000), ("ddim", 1000, 100)])
+def test_sampling_loop_reproduces_gaussian_data_with_the_exact_denoiser(sampler, train_steps, steps):
+    """Data x0 ~ N(mu, s^2): the optimal ε is analytic, so the sampling loop alone decides what comes out.
+
+    With the reference's 100 training steps, DDPM's `fixed_small` variance drops Var(x0 | x_t) and comes out
+    about 7-13% under-dispersed on this toy (by design of that variance choice, not of the loop); with
+    1,000 steps both samplers converge to the data distribution, which is what this checks.
+    """
+    from robopolicy.generative.diffusion import make_scheduler, sample
+
+    mu, s = torch.tensor([0.3, -0.2]), torch.tensor([0.2, 0.1])
+    scheduler = make_scheduler(sampler, num_train_timesteps=train_steps)
+    alphas = scheduler.alphas_cumprod
+
+    def exact_eps(x, t):
+        a = alphas[t.long()].reshape(-1, 1, 1)
+        return (1 - a).sqrt() / (a * s**2 + 1 - a) * (x - a.sqrt() * mu)
+
+    gen = torch.Generator().manual_seed(0)
+    x = sample(exact_eps, scheduler, torch.randn(8000, 1, 2, generator=gen), steps, generator=gen)
+    torch.testing.assert_close(x.mean((0, 1)), mu, atol=0.008, rtol=0)
+    torch.testing.assert_close(x.std((0, 1)), s, atol=0.008, rtol=0)

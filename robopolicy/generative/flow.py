@@ -1,0 +1,99 @@
+"""Flow matching: the time convention, training-time distributions, and the Euler and adaptive samplers.
+
+Convention (rectified flow, as AdaFlow and RTC use it): t = 0 is noise, t = 1 is data,
+
+    x_t = (1 - t)·ε + t·a,        u = dx_t/dt = a - ε,
+
+and a sampler integrates dx/dt = v(x, t) from x_0 = ε to x_1. π0 runs the mirror image (t = 1 is noise,
+u = ε - a); its field converts with t_π0 = 1 - t and v_π0 = -v.
+
+The velocity function is any callable `velocity_fn(x_t (B, ...), t (B,)) -> v (B, ...)`: the samplers know
+nothing else about the network, so flow policies, GPC composition and RTC guidance all reuse them.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+TIME_CONVENTION = "continuous t in [0, 1]; t=0 is noise, t=1 is data; x_t = (1-t)*noise + t*data; v = data - noise"
+TIME_DISTRIBUTIONS = ("uniform", "beta")
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t for noise and data (B, ...) at times t (B,)."""
+    t = t.reshape(-1, *[1] * (data.dim() - 1))
+    return (1 - t) * noise + t * data
+
+
+def target_velocity(noise: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """The straight path's constant velocity u = a - ε, the regression target of flow matching."""
+    return data - noise
+
+
+def sample_time(batch: int, distribution: str = "uniform", device: torch.device | str | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training times t (batch,) in [0, 1].
+
+    "uniform": U(0, 1) (rectified flow, AdaFlow). "beta": π0's choice, s ~ Beta(1.5, 1)·0.999 + 0.001 on its
+    own time axis (s = 1 is noise), i.e. t = 1 - s here: density 1.5·(1 - t)^0.5 on [0, 0.999], so the noisy
+    end, where the velocity is hardest to predict, gets most of the samples.
+    """
+    u = torch.rand(batch, device=device, generator=generator)
+    if distribution == "uniform":
+        return u
+    if distribution == "beta":
+        # Beta(1.5, 1) has CDF s^1.5, so inverse-CDF sampling needs no distribution object (and takes a generator).
+        s = u.pow(2.0 / 3.0) * 0.999 + 0.001
+        return 1 - s
+    raise ValueError(f"unknown time distribution '{distribution}'; choose one of {TIME_DISTRIBUTIONS}")
+
+
+@torch.no_grad()
+def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrates from x_0 = noise (B, ...) to t = 1 in `steps` equal Euler steps; returns x_1 (B, ...).
+
+    The time grid is built on the noise's device before the loop, so no step waits on a host-device copy.
+    """
+    if steps < 1:
+        raise ValueError(f"need at least one Euler step, got {steps=}")
+    b = noise.shape[0]
+    times = torch.arange(steps, device=noise.device, dtype=noise.dtype) / steps
+    dt = 1.0 / steps
+    x = noise
+    for t in times:
+        x = x + dt * velocity_fn(x, t.expand(b))
+    return x
+
+
+@torch.no_grad()
+def adaptive_sample(velocity_fn: VelocityFn, sigma_fn: VelocityFn, noise: torch.Tensor, eta: float = 0.1,
+                    max_steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaFlow's variance-adaptive Euler sampler. Returns x_1 (B, ...) and the per-sample NFE (B,) int64.
+
+    `sigma_fn(x_t, t) -> σ (B,)` estimates how far the true velocity may lie from the predicted one
+    (σ² ≈ E‖u - v(x_t, t)‖²). Each sample steps h = min(max(η/σ, 1/N), 1 - t) with N = max_steps: where the
+    velocity is certain (σ ≤ η, e.g. a unimodal action) one step goes all the way; where it is not, the
+    sampler falls back to steps of down to 1/N. A finished sample stands still (h = 0) and stops counting NFE.
+    Deciding whether every sample has finished reads one flag from the device per step; the fixed-step
+    sampler above avoids even that.
+    """
+    if eta <= 0 or max_steps < 1:
+        raise ValueError(f"need eta > 0 and max_steps >= 1, got {eta=} {max_steps=}")
+    b = noise.shape[0]
+    x = noise
+    t = torch.zeros(b, device=noise.device, dtype=noise.dtype)
+    nfe = torch.zeros(b, dtype=torch.long, device=noise.device)
+    for _ in range(max_steps):
+        remaining = 1 - t
+        v = velocity_fn(x, t)
+        h = torch.minimum((eta / sigma_fn(x, t)).clamp(min=1.0 / max_steps), remaining)
+        # Accumulated float steps stop a hair short of 1; take the exact remainder then, so t lands on 1.
+        h = torch.where(t + h >= 1 - 1e-6, remaining, h)
+        x = x + h.reshape(-1, *[1] * (x.dim() - 1)) * v
+        nfe += remaining > 0
+        t = torch.where(h == remaining, torch.ones_like(t), t + h)
+        if bool((t >= 1).all()):
+            break
+    return x, nfe
