@@ -38,7 +38,7 @@ def collect(
     progress: bool = True,
     keep_failures: bool = False,
     render: bool = False,
-    camera: str | Sequence[str] = "corner",
+    camera: str | Sequence[str] | None = None,
     image_size: int = 96,
     zarr_format: int = 3,
     max_steps: int | None = None,
@@ -65,7 +65,9 @@ def collect(
         raise ValueError(f"episodes must be >= 0, got {episodes}")
     env_kwargs: dict[str, Any] = {}
     if render:
-        env_kwargs.update(render=True, camera=camera, image_size=int(image_size))
+        env_kwargs.update(render=True, image_size=int(image_size))
+        if camera is not None:  # else the task's own default camera
+            env_kwargs["camera"] = camera
     if max_steps is not None:
         env_kwargs["max_steps"] = int(max_steps)
     env = make(name, **env_kwargs)

@@ -15,7 +15,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from sim.gl import render_error_hint
+from sim.render import FrameRenderer
 from sim.registry import METAWORLD_CONTROL_RATE_HZ, task_spec
 
 STATE_DIM = 39
@@ -45,47 +45,6 @@ def expert_class(task: str) -> type:
     if cls is None:
         raise ValueError(f"no Meta-World expert for task {task!r} (looked for {expert_class_name(task)})")
     return cls
-
-
-class _FrameRenderer:
-    """Offscreen MuJoCo rendering of one named camera at a fixed size, upright.
-
-    Meta-World's fixed cameras ``corner``/``corner2``/``corner3``/``corner4`` are defined with their
-    image 'up' axis pointing down, so their raw frames are upside down; those frames are rotated by
-    180 degrees (decided from the camera's up vector, so any upside-down fixed camera is fixed).
-    """
-
-    def __init__(self, model: Any, data: Any, camera: str, height: int, width: int, fast: bool = True):
-        import mujoco
-
-        cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-        if cam_id < 0:
-            names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
-            raise ValueError(f"unknown camera {camera!r}; this scene has {names}")
-        self.camera = camera
-        self.data = data
-        try:
-            self.renderer = mujoco.Renderer(model, height, width)
-        except Exception as e:  # mujoco.FatalError: no GL platform (missing osmesa/egl, or set too late)
-            raise render_error_hint(e) from e
-        if fast:  # shadows and reflections cost ~5x on a software (osmesa) renderer
-            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-        self.flip = False
-        if model.cam_mode[cam_id] == mujoco.mjtCamLight.mjCAMLIGHT_FIXED and model.cam_bodyid[cam_id] == 0:
-            mat = np.zeros(9)
-            mujoco.mju_quat2Mat(mat, model.cam_quat[cam_id])
-            self.flip = bool(mat.reshape(3, 3)[2, 1] < 0)  # world z of the camera's image-up axis
-
-    def __call__(self) -> np.ndarray:
-        self.renderer.update_scene(self.data, camera=self.camera)
-        frame = self.renderer.render()
-        if self.flip:
-            frame = frame[::-1, ::-1]
-        return np.ascontiguousarray(frame)
-
-    def close(self) -> None:
-        self.renderer.close()
 
 
 class MetaWorldTask(gymnasium.Env):
@@ -156,8 +115,8 @@ class MetaWorldTask(gymnasium.Env):
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
 
-        self._obs_renderers: dict[str, _FrameRenderer] = {}
-        self._video_renderer: _FrameRenderer | None = None
+        self._obs_renderers: dict[str, FrameRenderer] = {}
+        self._video_renderer: FrameRenderer | None = None
         self._steps = 0
         self._done = False
         self.last_seed: int | None = None
@@ -194,7 +153,7 @@ class MetaWorldTask(gymnasium.Env):
     def render(self) -> np.ndarray:
         """RGB frame (uint8, render_size x render_size x 3) from the first camera, upright."""
         if self._video_renderer is None:
-            self._video_renderer = _FrameRenderer(
+            self._video_renderer = FrameRenderer(
                 self._env.model, self._env.data, self.cameras[0], self.render_size, self.render_size
             )
         return self._video_renderer()
@@ -223,7 +182,7 @@ class MetaWorldTask(gymnasium.Env):
             for cam in self.cameras:
                 r = self._obs_renderers.get(cam)
                 if r is None:
-                    r = _FrameRenderer(self._env.model, self._env.data, cam, self.image_size, self.image_size)
+                    r = FrameRenderer(self._env.model, self._env.data, cam, self.image_size, self.image_size)
                     self._obs_renderers[cam] = r
                 obs[f"image_{cam}"] = r()
         return obs

@@ -207,3 +207,11 @@ def _register_metaworld() -> None:
 
 
 _register_metaworld()
+
+# Other families register themselves through the same register_task(); their modules import no simulator.
+from sim.quadrotor.tasks import register_quadrotor_tasks  # noqa: E402
+
+register_quadrotor_tasks()
+from sim.robosuite_tasks import register_robosuite_tasks  # noqa: E402
+
+register_robosuite_tasks()

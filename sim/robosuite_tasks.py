@@ -50,13 +50,14 @@ OSC_POS_SCALE = 0.05  # metres per unit of action (robosuite's default Panda OSC
 OSC_ROT_SCALE = 0.5  # radians per unit of action
 JOINT_KP = 150.0  # the OSC's stiffness, so both variants move the arm alike
 
-# robosuite env name, the objects whose poses enter the state (robosuite body attribute names), cap.
-# Step caps: 1.5x the 95th percentile of the expert's successful episode lengths, rounded up to a
-# multiple of 50 (python -m bench.experts_robosuite); see bench/results/experts_robosuite.json.
+# robosuite env name, the bodies whose poses enter the state (MJCF body names), step cap.
+# Step caps: 1.5x the 95th percentile of the expert's successful episode lengths over seeds 0..99,
+# rounded up to a multiple of 50 (python -m bench.experts_robosuite, bench/results/experts_robosuite.json;
+# p95 39 / 97 / 133 steps for Lift / Stack / PickPlaceCan under ee_delta, about the same under joint_pos).
 TASKS: dict[str, dict[str, Any]] = {
-    "Lift": {"env": "Lift", "objects": ("cube",), "max_steps": 150},
-    "Stack": {"env": "Stack", "objects": ("cubeA", "cubeB"), "max_steps": 250},
-    "PickPlaceCan": {"env": "PickPlaceCan", "objects": ("Can",), "max_steps": 300},
+    "Lift": {"env": "Lift", "objects": ("cube_main",), "max_steps": 100},
+    "Stack": {"env": "Stack", "objects": ("cubeA_main", "cubeB_main"), "max_steps": 150},
+    "PickPlaceCan": {"env": "PickPlaceCan", "objects": ("Can_main",), "max_steps": 200},
 }
 VARIANTS = {"ee_delta": ("", 7), "joint_pos": ("-joint", ARM_DOF + 1)}
 
@@ -197,8 +198,7 @@ class RobosuiteTask(gymnasium.Env):
         self._site = robot.eef_site_id["right"]
         self._arm_qpos = np.asarray(robot._ref_joint_pos_indexes)
         self._finger_qpos = np.asarray(robot._ref_gripper_joint_pos_indexes["right"])
-        self._object_bodies = [getattr(env, f"{o}_body_id") if hasattr(env, f"{o}_body_id") else env.obj_body_id[o]
-                               for o in TASKS[self.task]["objects"]]
+        self._object_bodies = [self.model.body(name).id for name in TASKS[self.task]["objects"]]
         self._home_quat = _quat_wxyz(self.data.site_xmat[self._site])  # the hemisphere for eef quaternions
         self.joint_limits = np.array(self.model.jnt_range[robot._ref_joint_indexes], dtype=np.float64)
 
@@ -274,9 +274,9 @@ class RobosuiteTask(gymnasium.Env):
         return self._env
 
     def _renderer(self, camera: str, size: int):
-        from sim.metaworld_tasks import _FrameRenderer  # shared offscreen renderer (flips upside-down cameras)
+        from sim.render import FrameRenderer
 
-        return _FrameRenderer(self.model, self.data, camera, size, size)
+        return FrameRenderer(self.model, self.data, camera, size, size)
 
     def state(self) -> np.ndarray:
         d = self.data

@@ -19,7 +19,7 @@ The vehicle's parameters are in the reset ``info["params"]``; a policy does not 
 
 Episode end and success: a crash (floor contact, upside down, or leaving the 4 m box) terminates the
 episode as a failure. Otherwise it runs to the cap, and the last step reports ``info["success"]``
-(then ``terminated=True``): RMS position error below the task's bound (hover 5 cm, track 10 cm),
+(then ``terminated=True``): RMS position error below the task's bound (5 cm for both),
 counted from 1 s on. Every step's info has ``position_error`` (m, now), ``rms_position_error``
 (m, so far; the tracking RMS for tracking tasks), ``crashed`` and ``steps``. Reward: minus the
 position error (m).
@@ -88,6 +88,8 @@ class QuadrotorEnv(gymnasium.Env):
             randomize = RandomizationRanges()
         elif randomize is False:
             randomize = NO_RANDOMIZATION
+        if not isinstance(randomize, RandomizationRanges):
+            raise TypeError(f"randomize must be a bool or RandomizationRanges, got {type(randomize).__name__}")
         self.ranges: RandomizationRanges = randomize
         default = HOVER_DISTURBANCES if task == "hover" else TRACK_DISTURBANCES
         self.disturbances = Disturbances(disturbances or default, PHYSICS_DT)
@@ -101,13 +103,15 @@ class QuadrotorEnv(gymnasium.Env):
         self.model = mujoco.MjModel.from_xml_string(build_mjcf(self.nominal))
         self.data = mujoco.MjData(self.model)
         self.body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "quadrotor")
-        self.site_ids = np.array([mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, f"rotor_{n}") for n in ROTORS])
-        self.target_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "target")
+        site = mujoco.mjtObj.mjOBJ_SITE
+        self.site_ids = np.array([mujoco.mj_name2id(self.model, site, f"rotor_{n}") for n in ROTORS])
+        self.target_site = mujoco.mj_name2id(self.model, site, "target")
         self.cascade = Cascade(self.nominal)  # onboard: knows only the nominal vehicle
         self.params = self.nominal
 
         self.cameras = [camera] if isinstance(camera, str) else list(camera)
-        self.render_images, self.image_size, self.render_size = bool(render), int(image_size), int(render_size)
+        self.render_images = bool(render)
+        self.image_size, self.render_size = int(image_size), int(render_size)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.control_rate_hz}
         obs_spaces: dict[str, spaces.Space] = {
@@ -115,7 +119,8 @@ class QuadrotorEnv(gymnasium.Env):
         }
         if self.render_images:
             for cam in self.cameras:
-                obs_spaces[f"image_{cam}"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
+                shape = (self.image_size, self.image_size, 3)
+                obs_spaces[f"image_{cam}"] = spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         if action == "velocity_setpoint":
             high = np.array([tasks.MAX_SPEED] * 3 + [tasks.MAX_YAW_RATE], dtype=np.float32)
@@ -164,13 +169,15 @@ class QuadrotorEnv(gymnasium.Env):
         self.cascade.reset()
         self._motor_speed = np.full(4, hover_speed(self.params))  # spinning at hover, not spinning up
         self._alpha = 1.0 - np.exp(-PHYSICS_DT / self.params.motor_tau)
-        hold = np.zeros(4) if self.action_level == "velocity_setpoint" else np.full(4, 2 * hover_speed(self.nominal) - 1)
-        self._active = hold.astype(np.float64)  # what acts before the first action arrives
+        # What acts before the first action arrives: hover (zero velocity, or the nominal hover command).
+        if self.action_level == "velocity_setpoint":
+            self._active = np.zeros(4)
+        else:
+            self._active = np.full(4, 2.0 * hover_speed(self.nominal) - 1.0)
         self._pending: deque[tuple[int, np.ndarray]] = deque()
         self._physics_step = 0
         self._steps = 0
         self._sq_err_sum, self._sq_err_count = 0.0, 0
-        self._done = False
         info = {
             "seed": episode_seed,
             "success": False,
@@ -207,7 +214,6 @@ class QuadrotorEnv(gymnasium.Env):
         success = bool(at_cap and not crashed and rms < self.success_rms)
         terminated = crashed or success
         truncated = (not terminated) and at_cap
-        self._done = terminated or truncated
         info = {
             "success": success,
             "crashed": crashed,
@@ -264,7 +270,7 @@ class QuadrotorEnv(gymnasium.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         q = self.data.qpos[3:7]
         q = q / np.linalg.norm(q)
-        if q[0] < 0:  # q and -q are the same rotation; keep one hemisphere so the state is continuous near hover
+        if q[0] < 0:  # q and -q are one rotation; one hemisphere keeps the state continuous near hover
             q = -q
         parts = [self.data.qpos[:3], q, self.data.qvel[:3], self.data.qvel[3:6]]
         ref_p, ref_v = self._reference(self._steps * self.control_dt)
@@ -280,9 +286,9 @@ class QuadrotorEnv(gymnasium.Env):
     def _render(self, camera: str, size: int) -> np.ndarray:
         key = (camera, size)
         if key not in self._renderers:
-            from sim.metaworld_tasks import _FrameRenderer  # the shared offscreen renderer
+            from sim.render import FrameRenderer
 
-            self._renderers[key] = _FrameRenderer(self.model, self.data, camera, size, size)
+            self._renderers[key] = FrameRenderer(self.model, self.data, camera, size, size)
         return self._renderers[key]()
 
     @property

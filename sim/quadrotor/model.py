@@ -107,7 +107,8 @@ def build_mjcf(params: QuadParams = QuadParams()) -> str:
     ixx, iyy, izz = params.inertia
     rotors = params.rotor_positions()
     arms = "\n".join(
-        f'      <geom name="arm_{n}" type="capsule" fromto="0 0 0 {p[0]:.5f} {p[1]:.5f} 0" size="0.008" material="frame"/>'
+        f'      <geom name="arm_{n}" type="capsule" fromto="0 0 0 {p[0]:.5f} {p[1]:.5f} 0" size="0.008" '
+        'material="frame"/>'
         for n, p in zip(ROTORS, rotors)
     )
     props = "\n".join(
@@ -116,7 +117,8 @@ def build_mjcf(params: QuadParams = QuadParams()) -> str:
         for n, p in zip(ROTORS, rotors)
     )
     sites = "\n".join(
-        f'      <site name="rotor_{n}" pos="{p[0]:.5f} {p[1]:.5f} 0" size="0.01"/>' for n, p in zip(ROTORS, rotors)
+        f'      <site name="rotor_{n}" pos="{p[0]:.5f} {p[1]:.5f} 0" size="0.01"/>'
+        for n, p in zip(ROTORS, rotors)
     )
     # ctrlrange leaves room for a randomised max_thrust above the nominal one; the env computes thrusts.
     actuators = "\n".join(
@@ -129,7 +131,8 @@ def build_mjcf(params: QuadParams = QuadParams()) -> str:
   <option timestep="{PHYSICS_DT}" gravity="0 0 -{GRAVITY}" density="0" viscosity="0"/>
   <visual><global offwidth="640" offheight="640"/></visual>
   <asset>
-    <texture name="grid" type="2d" builtin="checker" rgb1=".25 .28 .32" rgb2=".35 .38 .42" width="256" height="256"/>
+    <texture name="grid" type="2d" builtin="checker" rgb1=".25 .28 .32" rgb2=".35 .38 .42"
+             width="256" height="256"/>
     <material name="grid" texture="grid" texrepeat="8 8"/>
     <material name="frame" rgba=".15 .15 .15 1"/>
     <material name="prop" rgba=".2 .4 .8 .6"/>

@@ -45,7 +45,9 @@ NO_RANDOMIZATION = RandomizationRanges(
 
 
 def sample_params(
-    rng: np.random.Generator, ranges: RandomizationRanges = RandomizationRanges(), nominal: QuadParams = QuadParams()
+    rng: np.random.Generator,
+    ranges: RandomizationRanges = RandomizationRanges(),
+    nominal: QuadParams = QuadParams(),
 ) -> QuadParams:
     """One vehicle: the nominal parameters scaled by factors drawn from ``ranges``."""
 

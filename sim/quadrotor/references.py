@@ -1,8 +1,9 @@
 """Reference trajectories for the tracking task: position and velocity (world ENU) as functions of time.
 
 - :class:`FigureEight`: a horizontal Lissajous figure eight ``c + Rz(psi) [A sin wt, A/2 sin 2wt, 0]``
-  at constant height. Per episode: amplitude A ~ U[0.8, 1.2] m, period ~ U[8, 12] s (peak speed
-  below 0.8 m/s), heading psi ~ U[-pi, pi], height ~ U[0.8, 1.5] m, centred at the origin.
+  at constant height, centred at the origin. Per episode: amplitude A ~ U[0.7, 1.1] m, period
+  ~ U[10, 14] s, heading psi ~ U[-pi, pi], height ~ U[0.8, 1.5] m. Its speed peaks at
+  ``sqrt(2) A w`` <= 0.98 m/s, so in any heading it stays inside the 1 m/s per-axis action bound.
 - :class:`Waypoints`: random waypoints in the box [-1.5, 1.5]^2 x [0.6, 1.6] m, joined by
   minimum-jerk segments that average 0.35 m/s (peak 0.66 m/s); the last one is held.
 """
@@ -23,7 +24,8 @@ class FigureEight:
 
     @classmethod
     def sample(cls, rng: np.random.Generator, duration: float) -> "FigureEight":
-        return cls(rng.uniform(0.8, 1.2), rng.uniform(8.0, 12.0), rng.uniform(-np.pi, np.pi), rng.uniform(0.8, 1.5))
+        amplitude, period = rng.uniform(0.7, 1.1), rng.uniform(10.0, 14.0)
+        return cls(amplitude, period, heading=rng.uniform(-np.pi, np.pi), height=rng.uniform(0.8, 1.5))
 
     def __call__(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         a, w = self.amplitude, self.omega

@@ -22,7 +22,7 @@ CONTROL_RATE_HZ = {"velocity_setpoint": 50.0, "motor_commands": 100.0}
 EPISODE_SECONDS = {"hover": 10.0, "track": 15.0}
 # Success: the episode ran to its cap without a crash and the RMS position error, counted from
 # SETTLE_SECONDS on (the vehicle starts up to 10 cm off), stayed below the bound.
-SUCCESS_RMS = {"hover": 0.05, "track": 0.10}  # m
+SUCCESS_RMS = {"hover": 0.05, "track": 0.05}  # m
 SETTLE_SECONDS = 1.0
 MAX_SPEED = 1.0  # m/s per axis, the velocity_setpoint action's bound
 MAX_YAW_RATE = 1.0  # rad/s
@@ -37,15 +37,17 @@ def make_spec(task: str, action: str) -> TaskSpec:
     if task not in STATE_DIM:
         raise ValueError(f"unknown quadrotor task {task!r}; choose one of {sorted(STATE_DIM)}")
     if action not in CONTROL_RATE_HZ:
-        raise ValueError(f"unknown quadrotor action level {action!r}; choose one of {sorted(CONTROL_RATE_HZ)}")
+        levels = sorted(CONTROL_RATE_HZ)
+        raise ValueError(f"unknown quadrotor action level {action!r}; choose one of {levels}")
     rate = CONTROL_RATE_HZ[action]
     what = {
         "hover": f"hold {HOVER_TARGET} m under random pushes and wind",
         "track": "follow a figure-eight or random-waypoint reference (appended to the state)",
     }[task]
-    level = "velocity set points (vx, vy, vz world ENU m/s, yaw rate rad/s)" if action == "velocity_setpoint" else (
-        "4 normalised motor commands [FR, BR, BL, FL]"
-    )
+    level = {
+        "velocity_setpoint": "velocity set points (vx, vy, vz world ENU m/s, yaw rate rad/s)",
+        "motor_commands": "4 normalised motor commands [FR, BR, BL, FL]",
+    }[action]
     return TaskSpec(
         name=task_name(task, action),
         action_semantics=action,

@@ -312,7 +312,7 @@ def _projected_up(env, camera):
 
 
 def test_render_frames_are_upright_uint8_and_vary(render_ok):
-    from sim.metaworld_tasks import _FrameRenderer
+    from sim.render import FrameRenderer
 
     env = sim.make(PUSH, render=True, camera="corner", image_size=96, render_size=128)
     obs, _ = env.reset(seed=0)
@@ -327,7 +327,7 @@ def test_render_frames_are_upright_uint8_and_vary(render_ok):
     for cam in ("corner", "corner2", "topview"):
         low, high = _projected_up(env, cam)
         raw_upside_down = high < low
-        r = _FrameRenderer(env.unwrapped_metaworld.model, env.unwrapped_metaworld.data, cam, 64, 64)
+        r = FrameRenderer(env.unwrapped_metaworld.model, env.unwrapped_metaworld.data, cam, 64, 64)
         assert r.flip == raw_upside_down, cam
         r.close()
     assert env.observation_space["image_corner"].shape == (96, 96, 3)
