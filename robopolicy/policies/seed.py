@@ -180,9 +180,9 @@ class SeedPolicy(DiffusionPolicy):
         return {"loss": F.mse_loss(self.denoise(noisy, t, self.as_condition(enhanced)), noise)}
 
     # The training carry travels in the checkpoint (as the module's extra state), so a resumed run continues
-    # every slot's state where it stopped.
+    # every slot's state where it stopped. A copy: safetensors refuses the live and EMA entries sharing memory.
     def get_extra_state(self) -> torch.Tensor:
-        return self.train_state if self.train_state is not None else torch.zeros(0)
+        return self.train_state.clone() if self.train_state is not None else torch.zeros(0)
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.train_state = state if state.numel() else None

@@ -91,7 +91,7 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="run past the chunk"):
         build_config("diffusion", "cpu", {"state": [39]}, 4, n_action_steps=16)
     with pytest.raises(ValueError, match="planned"):
-        get_policy_class("ebt")
+        get_policy_class("diffuser3d")
     with pytest.raises(ValueError, match="no config 'huge'"):
         build_config("diffusion", "huge", {"state": [39]}, 4)
 
