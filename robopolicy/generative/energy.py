@@ -56,10 +56,10 @@ def descend(energy_fn: EnergyFn, y0: torch.Tensor, steps: int, step_size: torch.
     with torch.enable_grad():
         for k in range(steps):
             graph = create_graph and (not truncate or k == steps - 1)
-            y = y.detach().requires_grad_()
+            start = y = y.detach().requires_grad_()
             if langevin_std > 0:
                 noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-                y = y + langevin_std * noise * _rows(active, y)
+                y = y + langevin_std * noise
             # Fused attention kernels have no second derivative; the math kernel does.
             with sdpa_kernel(SDPBackend.MATH) if graph else nullcontext():
                 energy = energy_fn(y, k)
@@ -69,7 +69,7 @@ def descend(energy_fn: EnergyFn, y0: torch.Tensor, steps: int, step_size: torch.
                 if not active.any():
                     break
                 (grad,) = torch.autograd.grad(energy.sum(), y, create_graph=graph)
-            y = y - step_size * grad * _rows(active, y)
+            y = torch.where(_rows(active, y), y - step_size * grad, start)  # stopped samples stay put
             taken += active
             iterates.append(y)
         if score_final and len(energies) < len(iterates):
@@ -129,5 +129,5 @@ class ReplayBuffer:
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) bool -> (B, 1, ...) float broadcastable against `like`."""
-    return mask.reshape(-1, *[1] * (like.dim() - 1)).to(like.dtype)
+    """(B,) -> (B, 1, ...), broadcastable against `like`."""
+    return mask.reshape(-1, *[1] * (like.dim() - 1))

@@ -7,7 +7,7 @@ gets one energy (Linear(d, 1, bias=False)) and they sum to E(x, ŷ, k), one scal
 
 Training: ŷ_0 ~ N(0, I); K unrolled steps ŷ_{k+1} = ŷ_k − α ∇_ŷ E(x, ŷ_k, k) with second-order gradients;
 loss = mean_k Recon(ŷ_k, y), α learnable. Inference runs the same steps (optionally best-of-G by lowest
-final energy, or stopping once the energy settles) and clips to [-1, 1]. The converged energy is an
+final energy, or stopping once the energy settles) and clips to [-1, 1]. The converged energy is EBT-Policy's
 uncertainty signal: `last_energy` after `predict_chunk`, or `energy(obs, actions)` for any chunk.
 
 No public EBT-Policy code exists; this is the "faithful-to-EBT action instantiation" of methods.md §2.
@@ -47,9 +47,9 @@ class EBTConfig(PolicyConfig):
         dynamic_tolerance: τ; inference stops a sample once |E_k − E_{k−1}| < τ. None runs every step.
     """
 
-    n_layer: int = 4
+    n_layer: int = 3
     n_head: int = 4
-    n_emb: int = 128
+    n_emb: int = 64
     p_drop: float = 0.0
     step_token: bool = True
     crop_shape: tuple[int, int] | None = None
@@ -84,7 +84,8 @@ class EBTConfig(PolicyConfig):
 
 
 # "paper": a mid-size EBT (6 layers, d=256, 8 heads) with the transformer-policy optimiser settings of Diffusion
-# Policy; EBT-Policy's own sizes are unpublished. "cpu" trains to a useful policy in minutes on two cores.
+# Policy; EBT-Policy's own sizes are unpublished. "cpu" is small because every training step costs about four
+# forward and backward passes (K=2 unrolled with second-order gradients); it trains in minutes on two cores.
 PRESETS = {
     "paper": {
         "policy": dict(n_layer=6, n_head=8, n_emb=256, p_drop=0.0, horizon=16, n_obs_steps=2, n_action_steps=8,
@@ -93,9 +94,9 @@ PRESETS = {
         "image": {"policy": dict(horizon=10), "train": dict(batch_size=64, weight_decay=1e-3)},
     },
     "cpu": {
-        "policy": dict(n_layer=4, n_head=4, n_emb=128, p_drop=0.0, horizon=16, n_obs_steps=2, n_action_steps=8,
+        "policy": dict(n_layer=3, n_head=4, n_emb=64, p_drop=0.0, horizon=16, n_obs_steps=2, n_action_steps=8,
                        descent_steps=2, num_inference_steps=2),
-        "train": dict(batch_size=256, lr=5e-4, betas=(0.9, 0.95), weight_decay=1e-3, warmup_steps=100),
+        "train": dict(batch_size=256, lr=1e-3, betas=(0.9, 0.95), weight_decay=1e-3, warmup_steps=100),
         "image": {"policy": dict(image_feature_dim=32), "train": dict(batch_size=32)},
     },
 }
@@ -166,8 +167,11 @@ class EBTPolicy(Policy):
         return self.obs_proj(self.obs_encoder(window)) + self.obs_pos
 
     def energy(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
-        """E(obs, actions) on the last trained landscape: actions (B, H, A) -> (B,). Lower is more expert-like;
-        high converged energy flags an observation unlike the training data."""
+        """E(obs, actions) on the last trained landscape: actions (B, H, A) -> (B,). Lower is more expert-like.
+
+        Reconstruction training shapes the energy only along descent paths from the data: expert chunks score
+        below random or corrupted ones, but energies across unfamiliar observations are not calibrated.
+        """
         return self.energy_net(self.encode_obs(obs), actions, self.config.descent_steps - 1)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,8 +202,9 @@ class EBTPolicy(Policy):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised obs (B, To, ...) -> normalised action chunk (B, H, A).
 
-        `noise` fixes ŷ_0: (B, H, A), or (G, B, H, A) with best-of-G. Sets `last_energy` (B,), the converged
-        energy of each returned chunk, and `last_steps` (B,), the steps it took.
+        `noise` fixes ŷ_0: (B, H, A), or (G, B, H, A) with best-of-G. Sets `last_energy` (B,), the energy of
+        each returned chunk (before clipping) on the landscape of its last step, and `last_steps` (B,), the
+        steps it took.
         """
         # Autograd (w.r.t. the actions) cannot record inference tensors; normal copies of the inputs can.
         with torch.inference_mode(False):

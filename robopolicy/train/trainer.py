@@ -121,6 +121,8 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
 
     policy = get_policy_class(policy_name)(policy_config)
     optimizer = torch.optim.AdamW(policy.optim_groups(config.weight_decay), lr=config.lr, betas=config.betas)
+    for group in optimizer.param_groups:  # e.g. EBT's step size learns faster than the network
+        group["lr"] = config.lr * group.get("lr_multiplier", 1.0)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=config.steps)
     state = {"step": 0, "best_success": None, "best_step": None}
