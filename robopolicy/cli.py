@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--video", help="directory for mp4 rollouts")
     p.add_argument("--json", help="per-episode results")
-    p.add_argument("--sampler", help="override the checkpoint's sampler (diffusion: ddpm, ddim)")
+    p.add_argument("--sampler", help="override the checkpoint's sampler (diffusion: ddpm, ddim; flow: euler, adaptive)")
     p.add_argument("--inference-steps", type=int, help="override the number of sampling/refinement steps")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)

@@ -60,7 +60,7 @@ class EvalResult:
     ci95: tuple[float, float]
     episodes: int
     sampler: str | None = None
-    nfe: int | None = None
+    nfe: float | None = None  # per chunk; a mean for adaptive samplers
     seconds: float = 0.0
     seed: int = 1000
     workers: int = 1
@@ -69,7 +69,7 @@ class EvalResult:
     def summary_line(self) -> str:
         """``success_rate=0.920 ci95=[0.808,0.968] episodes=50 sampler=ddim-10 nfe=10``."""
         sampler = self.sampler if self.sampler else "none"
-        nfe = "none" if self.nfe is None else str(int(self.nfe))
+        nfe = "none" if self.nfe is None else f"{self.nfe:.0f}" if float(self.nfe).is_integer() else f"{self.nfe:.1f}"
         lo, hi = self.ci95
         return (
             f"success_rate={self.success_rate:.3f} ci95=[{lo:.3f},{hi:.3f}] "
@@ -224,10 +224,10 @@ def run_episode(env: Any, policy: Any, spec: TaskSpec, seed: int, record: bool =
 _W: dict[str, Any] = {}
 
 
-def _policy_meta(policy: Any) -> tuple[str | None, int | None]:
+def _policy_meta(policy: Any) -> tuple[str | None, float | None]:
     sampler = getattr(policy, "sampler", None)
     nfe = getattr(policy, "nfe", None)
-    return (str(sampler) if sampler is not None else None, int(nfe) if nfe is not None else None)
+    return (str(sampler) if sampler is not None else None, float(nfe) if nfe is not None else None)
 
 
 def _worker_episode(job: tuple) -> tuple[EpisodeResult, list[np.ndarray] | None, tuple]:
@@ -374,7 +374,6 @@ def evaluate(
             from sim.registry import make
 
             policy = local_policy if local_policy is not None else factory()
-            meta = _policy_meta(policy)
             kw = _env_kwargs_for(policy, env_kwargs)
             kw.setdefault("render_size", render_size)
             env = make(name, **kw)
@@ -383,6 +382,8 @@ def evaluate(
                     for _, _, _, _, i, s, rec in jobs:
                         success, steps, reward, secs, frames = run_episode(env, policy, spec, s, rec)
                         _collect(EpisodeResult(i, s, bool(success), int(steps), float(secs), float(reward)), frames)
+                # Read after the rollouts: adaptive samplers report the mean NFE of what they actually ran.
+                meta = _policy_meta(policy)
             finally:
                 env.close()
         else:

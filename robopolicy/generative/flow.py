@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-TIME_CONVENTION = "continuous t in [0, 1]; t=0 is noise, t=1 is data; x_t = (1-t)*noise + t*data; v = data - noise"
+TIME_CONVENTION = "flow time t in [0, 1]; t=0 noise, t=1 data; x_t = (1-t)*noise + t*data; v = data - noise"
 TIME_DISTRIBUTIONS = ("uniform", "beta")
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,7 +44,7 @@ def sample_time(batch: int, distribution: str = "uniform", device: torch.device 
     if distribution == "uniform":
         return u
     if distribution == "beta":
-        # Beta(1.5, 1) has CDF s^1.5, so inverse-CDF sampling needs no distribution object (and takes a generator).
+        # Beta(1.5, 1) has CDF s^1.5: inverse-CDF sampling needs no distribution object and takes a generator.
         s = u.pow(2.0 / 3.0) * 0.999 + 0.001
         return 1 - s
     raise ValueError(f"unknown time distribution '{distribution}'; choose one of {TIME_DISTRIBUTIONS}")

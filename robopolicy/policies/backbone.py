@@ -23,7 +23,7 @@ class BackboneConfig(PolicyConfig):
         down_dims, kernel_size, n_groups, step_embed_dim: U-Net widths per level, conv kernel, GroupNorm
             groups, timestep-embedding size.
         n_layer, n_head, n_emb, p_drop_attn, causal_attn: transformer size and attention dropout.
-        crop_shape: image crop (h, w); None keeps 90% of the frame. image_feature_dim: per-camera feature size.
+        crop_shape: image crop (h, w); None: 90% of the frame. image_feature_dim: per-camera feature size.
     """
 
     backbone: str = "unet"
@@ -44,34 +44,40 @@ class BackboneConfig(PolicyConfig):
         if self.backbone not in ("unet", "transformer"):
             raise ValueError(f"backbone must be 'unet' or 'transformer', got {self.backbone=}")
         if self.backbone == "unet" and self.horizon % 2 ** (len(self.down_dims) - 1):
-            raise ValueError(f"U-Net needs horizon divisible by 2**(levels-1): {self.horizon=} {self.down_dims=}")
+            raise ValueError(f"U-Net needs horizon divisible by 2**(levels-1): {self.horizon=} "
+                             f"{self.down_dims=}")
 
 
-def build_backbone(c: BackboneConfig) -> tuple[ObservationEncoder, nn.Module]:
-    """(observation encoder, chunk network) for the config; fills `c.crop_shape` when cameras are present."""
+def build_backbone(c: BackboneConfig, cond_feature_dim: int | None = None) -> tuple[ObservationEncoder, nn.Module]:
+    """(observation encoder, chunk network) for the config; fills `c.crop_shape` when cameras are present.
+
+    The network is conditioned on per-step features of the encoder's width, or of `cond_feature_dim` when a
+    policy transforms the features first (SeedPolicy's SEGA).
+    """
     if any(is_image_key(k) for k in c.obs_shapes) and c.crop_shape is None:
         h, w = next(c.obs_shapes[k][:2] for k in c.obs_keys if is_image_key(k))
         c.crop_shape = (int(h * 0.9), int(w * 0.9))
     obs_encoder = ObservationEncoder(c.obs_shapes, c.crop_shape, c.image_feature_dim)
-    d = obs_encoder.feature_dim
+    d = cond_feature_dim or obs_encoder.feature_dim
     if c.backbone == "unet":
-        network = ConditionalUnet1D(c.action_dim, d * c.n_obs_steps, tuple(c.down_dims), c.kernel_size, c.n_groups,
-                                    c.step_embed_dim)
+        network = ConditionalUnet1D(c.action_dim, d * c.n_obs_steps, tuple(c.down_dims), c.kernel_size,
+                                    c.n_groups, c.step_embed_dim)
     else:
         network = TransformerDenoiser(c.action_dim, d, c.horizon, c.n_obs_steps, c.n_layer, c.n_head, c.n_emb,
                                       p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn)
     return obs_encoder, network
 
 
-def encode_obs(obs_encoder: ObservationEncoder, obs: dict[str, torch.Tensor], c: BackboneConfig) -> torch.Tensor:
-    """Normalised observations (B, >=To, ...) -> condition: (B, To*D) for the U-Net, (B, To, D) for the transformer."""
+def encode_obs(obs_encoder: ObservationEncoder, obs: dict[str, torch.Tensor], c: BackboneConfig
+               ) -> torch.Tensor:
+    """Normalised obs (B, >=To, ...) -> condition (B, To*D) (U-Net) or (B, To, D) (transformer)."""
     window = {k: obs[k][:, : c.n_obs_steps] for k in c.obs_keys}
     features = obs_encoder(window)
     return features.flatten(1) if c.backbone == "unet" else features
 
 
 def backbone_optim_groups(policy: Policy, weight_decay: float, network_name: str = "denoiser") -> list[dict]:
-    """AdamW groups: the transformer's biases, norms and position embeddings are exempt from decay (minGPT)."""
+    """AdamW groups; the transformer's biases, norms and position embeddings are not decayed (minGPT)."""
     network = getattr(policy, network_name)
     if not isinstance(network, TransformerDenoiser):
         return [{"params": [p for p in policy.parameters() if p.requires_grad], "weight_decay": weight_decay}]

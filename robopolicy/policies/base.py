@@ -112,8 +112,8 @@ class Policy(nn.Module):
         return self.name
 
     @property
-    def nfe(self) -> int:
-        """Network evaluations per chunk."""
+    def nfe(self) -> float:
+        """Network evaluations per chunk (a running mean for adaptive samplers)."""
         return 1
 
     def optim_groups(self, weight_decay: float) -> list[dict]:

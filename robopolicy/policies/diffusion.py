@@ -10,36 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from robopolicy.generative.diffusion import SAMPLERS, make_scheduler, sample
-from robopolicy.nn.obs_encoder import ObservationEncoder, is_image_key
-from robopolicy.nn.transformer import TransformerDenoiser
-from robopolicy.nn.unet1d import ConditionalUnet1D
-from robopolicy.policies.base import Policy, PolicyConfig
+from robopolicy.policies.backbone import BackboneConfig, backbone_optim_groups, build_backbone, encode_obs
+from robopolicy.policies.base import Policy
 
 
 @dataclass
-class DiffusionConfig(PolicyConfig):
-    """Args (beyond PolicyConfig):
-        backbone: "unet" (conditional 1-D U-Net, FiLM) or "transformer" (causal decoder).
-        down_dims, kernel_size, n_groups, step_embed_dim: U-Net widths per level, conv kernel, GroupNorm
-            groups, timestep-embedding size.
-        n_layer, n_head, n_emb, p_drop_attn, causal_attn: transformer size and attention dropout.
-        crop_shape: image crop (h, w); None keeps the full frame. image_feature_dim: per-camera feature size.
+class DiffusionConfig(BackboneConfig):
+    """Args (beyond BackboneConfig: the U-Net / transformer and observation encoder sizes):
         num_train_timesteps, beta_schedule, clip_sample: the DDPM forward process.
         sampler, num_inference_steps: default chunk sampler ("ddpm" or "ddim") and its step count.
     """
 
-    backbone: str = "unet"
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    kernel_size: int = 5
-    n_groups: int = 8
-    step_embed_dim: int = 256
-    n_layer: int = 8
-    n_head: int = 4
-    n_emb: int = 256
-    p_drop_attn: float = 0.01
-    causal_attn: bool = True
-    crop_shape: tuple[int, int] | None = None
-    image_feature_dim: int = 64
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True
@@ -48,12 +29,8 @@ class DiffusionConfig(PolicyConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.backbone not in ("unet", "transformer"):
-            raise ValueError(f"backbone must be 'unet' or 'transformer', got {self.backbone=}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler=}")
-        if self.backbone == "unet" and self.horizon % 2 ** (len(self.down_dims) - 1):
-            raise ValueError(f"U-Net needs horizon divisible by 2**(levels-1): {self.horizon=} {self.down_dims=}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"need 1 <= {self.num_inference_steps=} <= {self.num_train_timesteps=}")
 
@@ -98,41 +75,30 @@ class DiffusionPolicy(Policy):
     parameterization = "epsilon"
     time_convention = "integer DDPM step t in [0, num_train_timesteps), t=0 is clean"
 
-    def __init__(self, config: DiffusionConfig):
+    def __init__(self, config: DiffusionConfig, cond_feature_dim: int | None = None):
         super().__init__(config)
         c = config
-        if any(is_image_key(k) for k in c.obs_shapes) and c.crop_shape is None:
-            h, w = next(c.obs_shapes[k][:2] for k in c.obs_keys if is_image_key(k))
-            c.crop_shape = (int(h * 0.9), int(w * 0.9))
-        self.obs_encoder = ObservationEncoder(c.obs_shapes, c.crop_shape, c.image_feature_dim)
-        d = self.obs_encoder.feature_dim
-        if c.backbone == "unet":
-            self.denoiser = ConditionalUnet1D(c.action_dim, d * c.n_obs_steps, tuple(c.down_dims), c.kernel_size,
-                                              c.n_groups, c.step_embed_dim)
-        else:
-            self.denoiser = TransformerDenoiser(c.action_dim, d, c.horizon, c.n_obs_steps, c.n_layer, c.n_head,
-                                                c.n_emb, p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn)
+        self.obs_encoder, self.denoiser = build_backbone(c, cond_feature_dim)
         self.noise_scheduler = make_scheduler("ddpm", c.num_train_timesteps, c.beta_schedule, c.clip_sample)
         self._samplers = {}
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised observations (B, >=To, ...) -> condition: (B, To*D) for the U-Net, (B, To, D) for the transformer."""
-        window = {k: obs[k][:, : self.config.n_obs_steps] for k in self.config.obs_keys}
-        features = self.obs_encoder(window)
-        return features.flatten(1) if self.config.backbone == "unet" else features
+        return encode_obs(self.obs_encoder, obs, self.config)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, t | cond): x_t (B, H, A), t (B,) or (1,) integer steps -> ε (B, H, A)."""
         return self.denoiser(x_t, t, cond)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        actions = batch["action"]
-        cond = self.encode_obs(batch)
+        return {"loss": self.epsilon_loss(batch["action"], self.encode_obs(batch))}
+
+    def epsilon_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """‖ε - ε_θ(x_t, t | cond)‖² for clean normalised actions (B, H, A) and t ~ U{0..T-1}."""
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device)
         noisy = self.noise_scheduler.add_noise(actions, noise, t)
-        loss = F.mse_loss(self.denoise(noisy, t, cond), noise)
-        return {"loss": loss}
+        return F.mse_loss(self.denoise(noisy, t, cond), noise)
 
     def scheduler_for(self, sampler: str):
         if sampler not in self._samplers:
@@ -161,10 +127,4 @@ class DiffusionPolicy(Policy):
         return self.config.num_inference_steps
 
     def optim_groups(self, weight_decay: float) -> list[dict]:
-        if self.config.backbone != "transformer":
-            return super().optim_groups(weight_decay)
-        exempt = {f"denoiser.{n}" for n in self.denoiser.no_decay_parameter_names()}
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            (no_decay if name in exempt else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return backbone_optim_groups(self, weight_decay)

@@ -1,4 +1,4 @@
-"""Flow-matching policy (π0's action expert objective, AdaFlow's adaptive sampler) on Diffusion Policy's networks.
+"""Flow-matching policy (π0's objective, AdaFlow's adaptive sampler) on Diffusion Policy's networks.
 
 Training: a is the normalised action chunk (B, H, A), ε ~ N(0, I), t ~ U(0, 1) or π0's noise-skewed Beta;
 x_t = (1 - t)·ε + t·a; loss = ‖(a - ε) - v_θ(x_t, t, obs)‖² (conditional flow matching).
@@ -55,11 +55,13 @@ class FlowConfig(BackboneConfig):
         if self.sampler == "adaptive" and not self.sigma_head:
             raise ValueError("the adaptive sampler needs the σ head: set sigma_head=True and train with it")
         if self.time_distribution not in TIME_DISTRIBUTIONS:
-            raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {self.time_distribution=}")
+            raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got "
+                             f"{self.time_distribution=}")
         if self.num_inference_steps < 1:
             raise ValueError(f"need num_inference_steps >= 1, got {self.num_inference_steps=}")
         if self.adaptive_eta <= 0 or self.time_scale <= 0:
-            raise ValueError(f"need adaptive_eta > 0 and time_scale > 0, got {self.adaptive_eta=} {self.time_scale=}")
+            raise ValueError(f"need adaptive_eta > 0 and time_scale > 0, got {self.adaptive_eta=} "
+                             f"{self.time_scale=}")
 
 
 def _from_diffusion(preset: str) -> dict:
@@ -108,16 +110,16 @@ class FlowPolicy(Policy):
         if c.sigma_head:
             cond_dim = self.obs_encoder.feature_dim * c.n_obs_steps
             self.sigma_head = SigmaHead(c.horizon * c.action_dim, cond_dim)
-        # Per-sample NFE of the last chunk batch, and the running mean over adaptive chunks (their NFE varies).
+        # Per-sample NFE of the last batch, and the running mean over adaptive chunks (their NFE varies).
         self.last_nfe: torch.Tensor | None = None
         self._nfe_total, self._chunks = 0.0, 0
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Normalised observations (B, >=To, ...) -> condition: (B, To*D) for the U-Net, (B, To, D) for the transformer."""
+        """Normalised obs (B, >=To, ...) -> condition (B, To*D) (U-Net) or (B, To, D) (transformer)."""
         return encode_obs(self.obs_encoder, obs, self.config)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """v_θ(x_t, t | cond): x_t (B, H, A), flow time t (B,) or (1,) in [0, 1] (0 = noise) -> velocity (B, H, A)."""
+        """v_θ(x_t, t | cond): x_t (B, H, A), flow time t (B,) or (1,) in [0, 1] -> velocity (B, H, A)."""
         return self.denoiser(x_t, t * self.config.time_scale, cond)
 
     def log_sigma(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -158,7 +160,8 @@ class FlowPolicy(Policy):
         if noise is None:
             noise = torch.randn(batch, c.horizon, c.action_dim, device=cond.device, generator=generator)
         elif noise.shape != (batch, c.horizon, c.action_dim):
-            raise ValueError(f"noise must be (B, H, A) = {(batch, c.horizon, c.action_dim)}, got {tuple(noise.shape)}")
+            raise ValueError(f"noise must be (B, H, A) = {(batch, c.horizon, c.action_dim)}, "
+                             f"got {tuple(noise.shape)}")
 
         def velocity(x, t):
             return self.denoise(x, t, cond)
@@ -181,7 +184,7 @@ class FlowPolicy(Policy):
 
     @property
     def nfe(self) -> float:
-        """Velocity evaluations per chunk: the step count for Euler, the mean so far for the adaptive sampler."""
+        """Velocity evaluations per chunk: the step count for Euler, the running mean for adaptive steps."""
         if self.config.sampler == "euler" or self._chunks == 0:
             return self.config.num_inference_steps
         return self._nfe_total / self._chunks

@@ -18,12 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.nn.sega import SEGA
-from robopolicy.nn.transformer import TransformerDenoiser
-from robopolicy.nn.unet1d import ConditionalUnet1D
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
 
@@ -101,20 +98,12 @@ class SeedPolicy(DiffusionPolicy):
     presets = PRESETS
 
     def __init__(self, config: SeedConfig):
-        super().__init__(config)
+        # The denoiser is conditioned on E_t, D_s wide, not on the encoder's raw features.
+        super().__init__(config, cond_feature_dim=config.state_dim)
         c = config
         d = self.obs_encoder.feature_dim
         self.obs_proj = nn.Linear(d, c.state_dim) if d != c.state_dim else nn.Identity()
         self.sega = SEGA(c.state_dim, c.num_state_tokens, c.sega_depth, c.sega_heads)
-        if d != c.state_dim:
-            # Diffusion Policy sized the denoiser for raw features; it is conditioned on E_t, D_s wide, instead.
-            if c.backbone == "unet":
-                self.denoiser = ConditionalUnet1D(c.action_dim, c.state_dim * c.n_obs_steps, tuple(c.down_dims),
-                                                  c.kernel_size, c.n_groups, c.step_embed_dim)
-            else:
-                self.denoiser = TransformerDenoiser(c.action_dim, c.state_dim, c.horizon, c.n_obs_steps, c.n_layer,
-                                                    c.n_head, c.n_emb, p_drop_attn=c.p_drop_attn,
-                                                    causal_attn=c.causal_attn)
         self.state: torch.Tensor | None = None  # inference carry, (B, N_s, D_s)
         self.reset_rows: torch.Tensor | None = None  # (B,) bool, rows to restart on the next call
         self.train_state: torch.Tensor | None = None  # training carry, (B, N_s, D_s), detached
@@ -173,11 +162,7 @@ class SeedPolicy(DiffusionPolicy):
             enhanced, state, _ = self.sega(features, carried, is_reset)
             # Detached: gradients reach SEGA through this batch's update only, as in the reference.
             self.train_state = state.detach()
-        actions = batch["action"]
-        noise = torch.randn_like(actions)
-        t = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device)
-        noisy = self.noise_scheduler.add_noise(actions, noise, t)
-        return {"loss": F.mse_loss(self.denoise(noisy, t, self.as_condition(enhanced)), noise)}
+        return {"loss": self.epsilon_loss(batch["action"], self.as_condition(enhanced))}
 
     # The training carry travels in the checkpoint (as the module's extra state), so a resumed run continues
     # every slot's state where it stopped. A copy: safetensors refuses the live and EMA entries sharing memory.
