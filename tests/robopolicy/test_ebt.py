@@ -13,7 +13,7 @@ from robopolicy.runtime import PolicyRunner
 from robopolicy.store import DemoStore, WindowSampler
 from robopolicy.train.checkpoint import load_policy
 from robopolicy.train.trainer import train
-from tests.robopolicy.toy_store import write_reach_store
+from tests.robopolicy.toy_store import reach_with, write_reach_store
 
 TINY = {"n_emb": 32, "n_layer": 2, "n_head": 2, "horizon": 8, "n_action_steps": 4}
 
@@ -275,15 +275,7 @@ def test_checkpoint_round_trip_and_the_runner_reach_goals_under_inference_mode(t
 
     runner = PolicyRunner.from_checkpoint(out, num_inference_steps=4, seed=0)
     assert runner.sampler == "ebt-K4" and runner.nfe == 4
-    rng = np.random.default_rng(123)
-    errors, starts = [], []
-    for _ in range(6):
-        pos, goal = rng.uniform(-1, 1, 2).astype(np.float32), rng.uniform(-1, 1, 2).astype(np.float32)
-        starts.append(np.linalg.norm(pos - goal))
-        runner.reset()
-        for _ in range(25):
-            pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
-        errors.append(np.linalg.norm(pos - goal))
+    errors, starts = reach_with(runner)
     assert np.median(errors) < 0.25 * np.median(starts), (errors, starts)
 
 

@@ -12,7 +12,7 @@ from robopolicy.policies import build_config, get_policy_class
 from robopolicy.policies.flow import FlowConfig, FlowPolicy
 from robopolicy.train.checkpoint import load_policy, save_checkpoint
 from robopolicy.train.trainer import train
-from tests.robopolicy.toy_store import write_reach_store
+from tests.robopolicy.toy_store import reach_with, write_reach_store
 
 TINY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_action_steps": 4}
 
@@ -237,15 +237,7 @@ def test_trained_flow_policy_reaches_the_goal_through_the_runner(trained):
     out, _ = trained
     runner = PolicyRunner.from_checkpoint(out, seed=0, num_inference_steps=4)
     assert runner.sampler == "euler-4" and runner.nfe == 4
-    rng = np.random.default_rng(123)
-    errors, starts = [], []
-    for _ in range(6):
-        pos, goal = rng.uniform(-1, 1, 2).astype(np.float32), rng.uniform(-1, 1, 2).astype(np.float32)
-        starts.append(np.linalg.norm(pos - goal))
-        runner.reset()
-        for _ in range(25):
-            pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
-        errors.append(np.linalg.norm(pos - goal))
+    errors, starts = reach_with(runner)
     assert np.median(errors) < 0.25 * np.median(starts), (errors, starts)
 
 

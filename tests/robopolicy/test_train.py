@@ -19,7 +19,7 @@ from robopolicy.policies import DiffusionPolicy
 from robopolicy.store import DemoStore, StoreError
 from robopolicy.train.checkpoint import CheckpointError, load_policy, resolve_checkpoint
 from robopolicy.train.trainer import train
-from tests.robopolicy.toy_store import reach_episode, write_reach_store
+from tests.robopolicy.toy_store import reach_episode, reach_with, write_reach_store
 
 TINY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_action_steps": 4}
 
@@ -61,15 +61,7 @@ def test_trained_policy_reaches_the_goal_through_the_runner(trained):
 
     out, _ = trained
     runner = PolicyRunner.from_checkpoint(out, seed=0)
-    rng = np.random.default_rng(123)
-    errors, starts = [], []
-    for _ in range(8):
-        pos, goal = rng.uniform(-1, 1, 2).astype(np.float32), rng.uniform(-1, 1, 2).astype(np.float32)
-        starts.append(np.linalg.norm(pos - goal))
-        runner.reset()
-        for _ in range(25):
-            pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
-        errors.append(np.linalg.norm(pos - goal))
+    errors, starts = reach_with(runner, episodes=8)
     # Doing nothing leaves the point ~1 away; a policy that learned the task ends within a fraction of that.
     assert np.median(errors) < 0.25 * np.median(starts), (errors, starts)
 

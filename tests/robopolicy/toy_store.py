@@ -27,3 +27,17 @@ def write_reach_store(path, episodes: int = 12, seed: int = 0, zarr_format: int 
         for _ in range(episodes):
             writer.add_episode(reach_episode(rng, int(rng.integers(20, 40))))
     return str(path)
+
+
+def reach_with(runner, episodes: int = 6, steps: int = 25, seed: int = 123) -> tuple[list[float], list[float]]:
+    """Drives the reaching task in closed loop through a PolicyRunner: (final distances, initial distances)."""
+    rng = np.random.default_rng(seed)
+    errors, starts = [], []
+    for _ in range(episodes):
+        pos, goal = rng.uniform(-1, 1, 2).astype(np.float32), rng.uniform(-1, 1, 2).astype(np.float32)
+        starts.append(float(np.linalg.norm(pos - goal)))
+        runner.reset()
+        for _ in range(steps):
+            pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
+        errors.append(float(np.linalg.norm(pos - goal)))
+    return errors, starts
