@@ -47,4 +47,20 @@ class FrameRenderer:
         return np.ascontiguousarray(frame)
 
     def close(self) -> None:
-        self.renderer.close()
+        # mujoco.Renderer.close() destroys its GL context before freeing its MjrContext, so the GL objects
+        # are deleted in whichever context is current: another live renderer's, whose frames then come
+        # out as garbage. Free the MjrContext in its own context first.
+        r = self.renderer
+        gl, mjr = getattr(r, "_gl_context", None), getattr(r, "_mjr_context", None)
+        if gl is not None and mjr is not None:
+            gl.make_current()
+            mjr.free()
+            r._mjr_context = None
+        r.close()
+
+    def __del__(self):  # before mujoco.Renderer.__del__ does the unsafe close
+        try:
+            self.close()
+        except Exception:
+            pass
+

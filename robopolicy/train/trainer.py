@@ -99,6 +99,7 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     if resume:
         previous = read_config(latest)
         _check_resumable(previous, latest, policy_name, obs_shapes, action_dim)
+        preset = previous.get("preset", preset)  # the run keeps its own config; only train overrides apply
         config = TrainConfig(**{**_restore_tuples(previous["train_config"]), **(train_overrides or {})})
         policy_config = get_policy_class(policy_name).config_class.from_dict(previous["policy_config"])
         normalizer = Normalizer.from_dict(previous["normalizer"])
