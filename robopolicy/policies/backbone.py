@@ -48,16 +48,24 @@ class BackboneConfig(PolicyConfig):
                              f"{self.down_dims=}")
 
 
+def build_obs_encoder(c) -> ObservationEncoder:
+    """The observation encoder for any config with obs_shapes, crop_shape and image_feature_dim.
+
+    Fills `c.crop_shape` with 90% of the first camera's frame when cameras are present and none is set.
+    """
+    if any(is_image_key(k) for k in c.obs_shapes) and c.crop_shape is None:
+        h, w = next(c.obs_shapes[k][:2] for k in c.obs_keys if is_image_key(k))
+        c.crop_shape = (int(h * 0.9), int(w * 0.9))
+    return ObservationEncoder(c.obs_shapes, c.crop_shape, c.image_feature_dim)
+
+
 def build_backbone(c: BackboneConfig, cond_feature_dim: int | None = None) -> tuple[ObservationEncoder, nn.Module]:
     """(observation encoder, chunk network) for the config; fills `c.crop_shape` when cameras are present.
 
     The network is conditioned on per-step features of the encoder's width, or of `cond_feature_dim` when a
     policy transforms the features first (SeedPolicy's SEGA).
     """
-    if any(is_image_key(k) for k in c.obs_shapes) and c.crop_shape is None:
-        h, w = next(c.obs_shapes[k][:2] for k in c.obs_keys if is_image_key(k))
-        c.crop_shape = (int(h * 0.9), int(w * 0.9))
-    obs_encoder = ObservationEncoder(c.obs_shapes, c.crop_shape, c.image_feature_dim)
+    obs_encoder = build_obs_encoder(c)
     d = cond_feature_dim or obs_encoder.feature_dim
     if c.backbone == "unet":
         network = ConditionalUnet1D(c.action_dim, d * c.n_obs_steps, tuple(c.down_dims), c.kernel_size,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.generative.energy import ReplayBuffer, descend, select_lowest_energy
-from robopolicy.nn.obs_encoder import ObservationEncoder, is_image_key
+from robopolicy.policies.backbone import build_obs_encoder
 from robopolicy.policies.base import Policy, PolicyConfig
 
 LOSSES = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss}
@@ -143,10 +143,7 @@ class EBTPolicy(Policy):
     def __init__(self, config: EBTConfig):
         super().__init__(config)
         c = config
-        if any(is_image_key(k) for k in c.obs_shapes) and c.crop_shape is None:
-            h, w = next(c.obs_shapes[k][:2] for k in c.obs_keys if is_image_key(k))
-            c.crop_shape = (int(h * 0.9), int(w * 0.9))
-        self.obs_encoder = ObservationEncoder(c.obs_shapes, c.crop_shape, c.image_feature_dim)
+        self.obs_encoder = build_obs_encoder(c)
         self.obs_proj = nn.Linear(self.obs_encoder.feature_dim, c.n_emb)
         self.obs_pos = nn.Parameter(torch.randn(1, c.n_obs_steps, c.n_emb) * 0.02)
         self.energy_net = EnergyTransformer(c.action_dim, c.horizon, c.descent_steps, c.n_layer, c.n_head, c.n_emb,

@@ -14,6 +14,7 @@ The state is carried
 """
 
 import bisect
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from robopolicy.nn.sega import SEGA
+from robopolicy.policies.diffusion import PRESETS as DIFFUSION_PRESETS
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
 
@@ -57,6 +59,14 @@ class SeedConfig(DiffusionConfig):
 # comparing what the state remembers with what a long window sees.
 _PAPER_SEGA = dict(num_state_tokens=60, state_dim=256, sega_depth=6, sega_heads=8, reset_interval=40)
 _CPU_SEGA = dict(num_state_tokens=16, state_dim=64, sega_depth=2, sega_heads=4, reset_interval=40)
+
+
+def _with_sega(diffusion_preset: str, sega: dict, **policy_overrides) -> dict:
+    entry = copy.deepcopy(DIFFUSION_PRESETS[diffusion_preset])
+    entry["policy"].update(**sega, **policy_overrides)
+    return entry
+
+
 PRESETS = {
     "paper": {
         "policy": dict(backbone="unet", down_dims=(256, 512, 1024), step_embed_dim=128, kernel_size=5, horizon=8,
@@ -71,24 +81,11 @@ PRESETS = {
         "train": dict(batch_size=128, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, warmup_steps=500),
         "image": {"policy": dict(image_feature_dim=512)},
     },
-    "cpu": {
-        "policy": dict(backbone="unet", down_dims=(64, 128, 256), step_embed_dim=64, kernel_size=5, horizon=16,
-                       n_obs_steps=2, n_action_steps=8, sampler="ddim", num_inference_steps=10, **_CPU_SEGA),
-        "train": dict(batch_size=256, lr=1e-3, betas=(0.95, 0.999), weight_decay=1e-6, warmup_steps=100),
-        "image": {"policy": dict(image_feature_dim=32), "train": dict(batch_size=32)},
-    },
-    "cpu-long": {
-        "policy": dict(backbone="unet", down_dims=(64, 128, 256), step_embed_dim=64, kernel_size=5, horizon=24,
-                       n_obs_steps=16, n_action_steps=8, sampler="ddim", num_inference_steps=10, **_CPU_SEGA),
-        "train": dict(batch_size=256, lr=1e-3, betas=(0.95, 0.999), weight_decay=1e-6, warmup_steps=100),
-        "image": {"policy": dict(image_feature_dim=32), "train": dict(batch_size=32)},
-    },
-    "cpu-transformer": {
-        "policy": dict(backbone="transformer", n_layer=4, n_head=4, n_emb=128, p_drop_attn=0.01, horizon=16,
-                       n_obs_steps=2, n_action_steps=8, sampler="ddim", num_inference_steps=10, **_CPU_SEGA),
-        "train": dict(batch_size=256, lr=5e-4, betas=(0.9, 0.95), weight_decay=1e-3, warmup_steps=100),
-        "image": {"policy": dict(image_feature_dim=32), "train": dict(batch_size=32)},
-    },
+    # The CPU presets are Diffusion Policy's (same network and optimiser, so comparisons isolate SEGA) plus a
+    # small state.
+    "cpu": _with_sega("cpu", _CPU_SEGA),
+    "cpu-long": _with_sega("cpu", _CPU_SEGA, horizon=24, n_obs_steps=16),
+    "cpu-transformer": _with_sega("cpu-transformer", _CPU_SEGA),
 }
 
 

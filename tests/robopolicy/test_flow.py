@@ -12,7 +12,7 @@ from robopolicy.policies import build_config, get_policy_class
 from robopolicy.policies.flow import FlowConfig, FlowPolicy
 from robopolicy.train.checkpoint import load_policy, save_checkpoint
 from robopolicy.train.trainer import train
-from tests.robopolicy.toy_store import reach_with, write_reach_store
+from tests.robopolicy.toy_store import metrics, reach_with, write_reach_store
 
 TINY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_action_steps": 4}
 
@@ -215,11 +215,6 @@ def trained(tmp_path_factory):
     summary = train(store, out, policy_name="flow", preset="cpu", policy_overrides=TINY,
                     train_overrides=overrides, progress=False, cpu=True)
     return out, summary
-
-
-def metrics(run, name):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r[name] for r in rows if name in r]
 
 
 def test_flow_policy_trains_on_a_real_store_and_its_loss_falls(trained):

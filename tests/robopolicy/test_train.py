@@ -19,7 +19,7 @@ from robopolicy.policies import DiffusionPolicy
 from robopolicy.store import DemoStore, StoreError
 from robopolicy.train.checkpoint import CheckpointError, load_policy, resolve_checkpoint
 from robopolicy.train.trainer import train
-from tests.robopolicy.toy_store import reach_episode, reach_with, write_reach_store
+from tests.robopolicy.toy_store import metrics, reach_episode, reach_with, write_reach_store
 
 TINY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_action_steps": 4}
 
@@ -36,11 +36,6 @@ def trained(reach_store, tmp_path_factory):
                     train_overrides={"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 20,
                                      "val_every": 50, "val_episodes": 2})
     return out, summary
-
-
-def metrics(run: Path, name: str) -> list[float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r[name] for r in rows if name in r]
 
 
 def test_training_learns_and_writes_a_checkpoint_and_logs(trained):

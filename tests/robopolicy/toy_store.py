@@ -4,6 +4,9 @@ The dynamics are simple enough that a tiny policy learns them in a few hundred s
 data go through the real EpisodeWriter and the real zarr on-disk layout.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from robopolicy.store import EpisodeWriter
@@ -41,3 +44,9 @@ def reach_with(runner, episodes: int = 6, steps: int = 25, seed: int = 123) -> t
             pos = runner.act({"state": np.concatenate([pos, goal])}).astype(np.float32)
         errors.append(float(np.linalg.norm(pos - goal)))
     return errors, starts
+
+
+def metrics(run: Path, name: str) -> list[float]:
+    """One logged series, e.g. "train/loss", from a run directory's metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [r[name] for r in rows if name in r]
