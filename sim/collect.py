@@ -9,6 +9,7 @@ of every committed episode, in order.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
@@ -30,6 +31,31 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _camera_key_info(key: str) -> dict[str, Any]:
+    if key.startswith("image_"):
+        return {"role": "observation", "format": "uint8 HWC", "camera": key[len("image_"):]}
+    if key.startswith("depth_"):
+        return {"role": "observation", "format": "float32 HW", "units": "m", "camera": key[len("depth_"):],
+                "description": "depth along the optical axis; the far clipping distance means background"}
+    return {"role": "observation", "format": "float32 N x 3 (xyz) or N x 6 (xyz rgb in [0, 1])", "units": "m",
+            "frame": "world", "description": "cameras' depth lifted to the world, cropped, farthest-point sampled"}
+
+
+def _checked_cameras(previous: dict | None, cameras: dict, out: Any) -> dict:
+    """The cameras attribute; appending to a store recorded through other cameras is refused."""
+    if previous:
+        def fixed(params):
+            return {k: v for k, v in params.items() if k not in ("position", "rotation") or not params.get("moving")}
+
+        same = set(previous) == set(cameras) and all(
+            json.dumps(fixed(previous[c]), sort_keys=True) == json.dumps(fixed(cameras[c]), sort_keys=True)
+            for c in cameras)
+        if not same:
+            raise ValueError(f"{out} was recorded through other cameras ({sorted(previous)}, or other "
+                             f"intrinsics/poses); refusing to append episodes seen through {sorted(cameras)}")
+    return cameras
+
+
 def collect(
     task: str,
     episodes: int,
@@ -37,16 +63,27 @@ def collect(
     seed: int = 0,
     progress: bool = True,
     keep_failures: bool = False,
-    render: bool = False,
+    render: bool | None = None,
     camera: str | Sequence[str] | None = None,
-    image_size: int = 96,
+    image_size: int | None = None,
     zarr_format: int = 3,
     max_steps: int | None = None,
+    cameras: str | Sequence[str] | None = None,
+    depth: bool = False,
+    points: bool = False,
+    num_points: int | None = None,
+    point_colour: bool = False,
+    workspace: Any = None,
 ) -> dict[str, Any]:
     """Run the task's scripted expert for ``episodes`` episodes (seeds ``seed + i``) into store ``out``.
 
     Args:
-        render: also record ``image_<camera>`` (uint8 ``image_size`` squared, HWC) every step.
+        render: also record ``image_<camera>`` (uint8 ``image_size`` squared, HWC) every step
+            (default: on when ``cameras`` is given).
+        camera / cameras: the observation cameras (default: the task's).
+        depth, points, num_points, point_colour, workspace: also record ``depth_<camera>`` (float32 HW,
+            metres) and ``points`` (float32 N x 3|6, world frame); see :mod:`sim.camera_obs`. The
+            cameras' intrinsics and extrinsics go into the store's ``cameras`` attribute.
         keep_failures: commit episodes where the expert did not succeed as well (default: discard).
         zarr_format: format of a new store (an existing one keeps its own).
         max_steps: step cap per episode (default: the task's).
@@ -63,16 +100,18 @@ def collect(
     episodes = int(episodes)
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
-    env_kwargs: dict[str, Any] = {}
-    if render:
-        env_kwargs.update(render=True, image_size=int(image_size))
-        if camera is not None:  # else the task's own default camera
-            env_kwargs["camera"] = camera
+    camera_kwargs = {"render": render, "camera": camera, "cameras": cameras, "image_size": image_size,
+                     "depth": depth, "points": points, "num_points": num_points, "point_colour": point_colour,
+                     "workspace": workspace}
+    # Only what the caller set, so the env's own defaults hold (and tasks without cameras take none).
+    env_kwargs: dict[str, Any] = {k: v for k, v in camera_kwargs.items() if v not in (None, False)}
     if max_steps is not None:
         env_kwargs["max_steps"] = int(max_steps)
     env = make(name, **env_kwargs)
     expert = make_expert(name)
     obs_keys = sorted(env.observation_space.spaces)
+    records_cameras = hasattr(env, "camera_attrs") and any(k.split("_")[0] in ("image", "depth", "points")
+                                                           for k in obs_keys)
     dt = 1.0 / spec.control_rate_hz
 
     schema = {
@@ -113,7 +152,7 @@ def collect(
                               "description": f"{spec.action_semantics} task state vector"},
                     "action": {"role": "action", "semantics": spec.action_semantics, "range": [-1.0, 1.0]},
                     "timestamp": {"role": "time", "units": "s"},
-                    **{k: {"role": "observation", "format": "uint8 HWC"} for k in obs_keys if k.startswith("image_")},
+                    **{k: _camera_key_info(k) for k in obs_keys if k.split("_")[0] in ("image", "depth", "points")},
                 },
             )
             bar = tqdm(range(episodes), desc=f"collect {spec.short_name}", unit="ep", disable=not progress)
@@ -121,6 +160,8 @@ def collect(
                 s = seed + i
                 obs, _ = env.reset(seed=s)
                 expert.reset()
+                if i == 0 and records_cameras:  # the poses after a reset, before anything is committed
+                    writer.set_attrs(cameras=_checked_cameras(existing.get("cameras"), env.camera_attrs(), out))
                 t = 0
                 success = False
                 while True:

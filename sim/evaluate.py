@@ -140,10 +140,17 @@ def _as_factory(policy_factory: Any) -> Callable[[], Any]:
 
 # ------------------------------------------------------------------------------------- rollouts
 def _env_kwargs_for(policy: Any, env_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """Image observations when the policy asks for them (``obs_keys`` with ``image_<cam>``)."""
+    """Camera observations when the policy asks for them (``obs_keys`` with ``image_<cam>``,
+    ``depth_<cam>`` or ``points``; their sizes from ``obs_shapes``)."""
+    from sim.camera_obs import camera_options_for
+
     kw = dict(env_kwargs or {})
     shapes = dict(getattr(policy, "obs_shapes", None) or {})
     keys = list(getattr(policy, "obs_keys", None) or shapes)
+    three_d = {k: shapes[k] for k in keys if k in shapes and (k == "points" or k.startswith("depth_"))}
+    if three_d and not any(k in kw for k in ("render", "camera", "cameras")):
+        images = {k: shapes[k] for k in keys if k in shapes and k.startswith("image_")}
+        return {**camera_options_for({**images, **three_d}), **kw}
     cams = [k[len("image_"):] for k in keys if isinstance(k, str) and k.startswith("image_")]
     if cams and "render" not in kw:
         kw["render"] = True

@@ -1,6 +1,8 @@
 """Meta-World v3 tasks behind the robopolicy env interface, and their shipped scripted experts.
 
-Observation: ``{"state": float32 (39,)}`` plus ``"image_<camera>"`` (uint8 HWC) when ``render=True``.
+Observation: ``{"state": float32 (39,)}`` plus, on request (:mod:`sim.camera_obs`), ``image_<camera>``
+(uint8 HWC), ``depth_<camera>`` (float32 HW, metres) and ``points`` (float32 N x 3|6, world frame,
+cropped to the space above the table).
 ``reset(seed=s)`` gives a deterministic, seed-dependent random initial configuration (object and goal
 positions). ``info["success"]`` is a bool; the episode terminates at success and is truncated at the
 task's step cap (DESIGN §8).
@@ -8,6 +10,7 @@ task's step cap (DESIGN §8).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Sequence
 
@@ -15,8 +18,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from sim.camera_obs import DEFAULT_NUM_POINTS, CameraObserver, camera_obs_config
+from sim.registry import METAWORLD_CAMERA_DEFAULTS, METAWORLD_CONTROL_RATE_HZ, task_spec
 from sim.render import FrameRenderer
-from sim.registry import METAWORLD_CONTROL_RATE_HZ, task_spec
 
 STATE_DIM = 39
 ACTION_DIM = 4
@@ -53,10 +57,12 @@ class MetaWorldTask(gymnasium.Env):
     Args:
         task_name: ``push-v3``, ``metaworld-push-v3`` or ``robopolicy/metaworld-push-v3``.
         render: add ``image_<camera>`` (uint8, ``image_size``x``image_size``x3) to the observation.
-        camera: camera name, or a sequence of names, for the image observation(s) and for ``render()``
+        camera / cameras: camera name, or a sequence of names, for the observations and for ``render()``
             (the first one). Meta-World cameras: corner, corner2, corner3, corner4, topview,
             behindGripper, gripperPOV.
-        image_size: side of the image observation in pixels.
+        depth, points, num_points, point_colour, workspace: depth maps and a world-frame point cloud
+            (:mod:`sim.camera_obs`); the workspace defaults to the space above the table.
+        image_size: side of the image and depth observations in pixels.
         render_size: side of the ``render()`` frame (videos).
         max_steps: step cap; defaults to the task's registered cap.
     """
@@ -66,12 +72,18 @@ class MetaWorldTask(gymnasium.Env):
     def __init__(
         self,
         task_name: str,
-        render: bool = False,
-        camera: str | Sequence[str] = "corner",
-        image_size: int = 96,
+        render: bool | None = None,
+        camera: str | Sequence[str] | None = None,
+        image_size: int | None = None,
         render_size: int = 128,
         max_steps: int | None = None,
         render_mode: str | None = "rgb_array",
+        cameras: str | Sequence[str] | None = None,
+        depth: bool = False,
+        points: bool = False,
+        num_points: int = DEFAULT_NUM_POINTS,
+        point_colour: bool = False,
+        workspace: Any = None,
     ):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
@@ -82,9 +94,12 @@ class MetaWorldTask(gymnasium.Env):
             raise ValueError(f"Meta-World has no task {self.task!r}")
         self.spec_ = task_spec(f"metaworld-{self.task}")
         self.max_steps = int(max_steps if max_steps is not None else self.spec_.max_steps)
-        self.cameras = [camera] if isinstance(camera, str) else list(camera)
-        self.render_images = bool(render)
-        self.image_size = int(image_size)
+        self.camera_config = camera_obs_config(render, camera, cameras, depth, points, image_size, num_points,
+                                               point_colour, workspace, defaults=METAWORLD_CAMERA_DEFAULTS)
+        self.spec_ = dataclasses.replace(
+            self.spec_, obs_shapes={**self.spec_.obs_shapes, **self.camera_config.shapes()})
+        self.cameras = list(self.camera_config.cameras)
+        self.image_size = self.camera_config.image_size
         self.render_size = int(render_size)
         self.render_mode = render_mode
 
@@ -104,18 +119,13 @@ class MetaWorldTask(gymnasium.Env):
             raise RuntimeError(f"{self.task}: env runs at {rate} Hz but the spec says {self.spec_.control_rate_hz}")
         self.control_rate_hz = rate
 
-        obs_spaces: dict[str, spaces.Space] = {
-            "state": spaces.Box(-np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32)
-        }
-        if self.render_images:
-            for cam in self.cameras:
-                obs_spaces[f"image_{cam}"] = spaces.Box(
-                    0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8
-                )
-        self.observation_space = spaces.Dict(obs_spaces)
+        self._camera_obs = CameraObserver(env.model, env.data, self.camera_config)
+        self.observation_space = spaces.Dict({
+            "state": spaces.Box(-np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32),
+            **self.camera_config.spaces(),
+        })
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
 
-        self._obs_renderers: dict[str, FrameRenderer] = {}
         self._video_renderer: FrameRenderer | None = None
         self._steps = 0
         self._done = False
@@ -159,9 +169,7 @@ class MetaWorldTask(gymnasium.Env):
         return self._video_renderer()
 
     def close(self) -> None:
-        for r in self._obs_renderers.values():
-            r.close()
-        self._obs_renderers.clear()
+        self._camera_obs.close()
         if self._video_renderer is not None:
             self._video_renderer.close()
             self._video_renderer = None
@@ -176,16 +184,12 @@ class MetaWorldTask(gymnasium.Env):
     def unwrapped_metaworld(self):
         return self._env
 
+    def camera_attrs(self) -> dict[str, dict[str, Any]]:
+        """Intrinsics and extrinsics of the observation cameras (the store's ``cameras`` attribute)."""
+        return self._camera_obs.camera_attrs()
+
     def _obs(self, state: np.ndarray) -> dict[str, np.ndarray]:
-        obs = {"state": np.asarray(state, dtype=np.float32).copy()}
-        if self.render_images:
-            for cam in self.cameras:
-                r = self._obs_renderers.get(cam)
-                if r is None:
-                    r = FrameRenderer(self._env.model, self._env.data, cam, self.image_size, self.image_size)
-                    self._obs_renderers[cam] = r
-                obs[f"image_{cam}"] = r()
-        return obs
+        return {"state": np.asarray(state, dtype=np.float32).copy(), **self._camera_obs.observe()}
 
 
 class MetaWorldExpert:

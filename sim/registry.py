@@ -10,6 +10,7 @@ imported only when an env or an expert is actually made, so ``import sim`` never
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ class TaskSpec:
     name: str  # canonical, with the robopolicy/ prefix
     action_semantics: str  # one of DESIGN §3's words (metaworld, ee_delta, joint_pos, ...)
     action_dim: int
-    obs_shapes: dict[str, tuple[int, ...]]  # observation key -> per-step shape (without render keys)
+    obs_shapes: dict[str, tuple[int, ...]]  # key -> per-step shape (camera keys: task_spec(name, **options))
     control_rate_hz: float
     max_steps: int  # step cap; an episode also ends at success (DESIGN §8)
     description: str = ""
@@ -49,6 +50,7 @@ class _Entry:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     expert_entry: str | None = None  # "module:callable", called with **expert_kwargs
     expert_kwargs: dict[str, Any] = field(default_factory=dict)
+    camera_defaults: dict[str, Any] | None = None  # camera, image_size, workspace (sim.camera_obs)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -69,13 +71,19 @@ def register_task(
     expert_entry: str | None = None,
     expert_kwargs: dict[str, Any] | None = None,
     gym: bool = True,
+    camera_defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add a task. ``spec.name`` must carry the ``robopolicy/`` prefix."""
+    """Add a task. ``spec.name`` must carry the ``robopolicy/`` prefix.
+
+    ``camera_defaults`` (``camera``, ``image_size``, ``workspace``): the task's env takes the camera
+    options of :mod:`sim.camera_obs` (images, depth, points), and :func:`task_spec` accepts them too.
+    """
     if not spec.name.startswith(PREFIX):
         raise ValueError(f"task names are registered with the {PREFIX!r} prefix, got {spec.name!r}")
     if spec.name in _REGISTRY:
         raise ValueError(f"task {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = _Entry(spec, env_entry, dict(env_kwargs or {}), expert_entry, dict(expert_kwargs or {}))
+    _REGISTRY[spec.name] = _Entry(spec, env_entry, dict(env_kwargs or {}), expert_entry, dict(expert_kwargs or {}),
+                                  dict(camera_defaults) if camera_defaults is not None else None)
     if gym:
         import gymnasium
 
@@ -126,8 +134,25 @@ def _unknown_message(name: str) -> str:
     return msg
 
 
-def task_spec(name: str) -> TaskSpec:
-    return _REGISTRY[canonical_name(name)].spec
+def task_spec(name: str, **camera_options: Any) -> TaskSpec:
+    """The task's spec; with camera options (``cameras=("agentview",), depth=True, points=True``, ...; the
+    env's own, see :mod:`sim.camera_obs`) its ``obs_shapes`` also hold the rendered keys."""
+    entry = _REGISTRY[canonical_name(name)]
+    if not camera_options:
+        return entry.spec
+    config = camera_config(name, **camera_options)
+    return dataclasses.replace(entry.spec, obs_shapes={**entry.spec.obs_shapes, **config.shapes()})
+
+
+def camera_config(name: str, **camera_options: Any) -> Any:
+    """The task's :class:`sim.camera_obs.CameraObsConfig` for these env options (its defaults filled in)."""
+    from sim.camera_obs import camera_obs_config
+
+    entry = _REGISTRY[canonical_name(name)]
+    if entry.camera_defaults is None:
+        raise ValueError(f"task {entry.spec.name!r} takes no camera options (images, depth, points); "
+                         f"the arm tasks (metaworld-*, robosuite-*) do")
+    return camera_obs_config(**camera_options, defaults=entry.camera_defaults)
 
 
 def make(name: str, **kwargs: Any) -> Any:
@@ -186,6 +211,12 @@ METAWORLD_MAX_STEPS: dict[str, int] = {
     "window-open-v3": 150,
 }
 
+# Camera options (sim.camera_obs): the corner camera sees the whole table; the workspace is the space
+# above the table top (z = 0) that the arm reaches, so the table itself drops out of point clouds.
+METAWORLD_CAMERA_DEFAULTS = {"camera": "corner", "image_size": 96,
+                             "workspace": ((-0.6, 0.3, 0.005), (0.6, 1.0, 0.5))}
+
+
 def _register_metaworld() -> None:
     for task in METAWORLD_V3_TASKS:
         spec = TaskSpec(
@@ -203,6 +234,7 @@ def _register_metaworld() -> None:
             env_kwargs={"task_name": task},
             expert_entry="sim.metaworld_tasks:MetaWorldExpert",
             expert_kwargs={"task_name": task},
+            camera_defaults=METAWORLD_CAMERA_DEFAULTS,
         )
 
 

@@ -10,8 +10,10 @@ Two action variants per task (DESIGN §3):
   JOINT_POSITION controller with ``input_type: absolute`` tracks them with a PD law on top of
   gravity compensation, so a held command is held exactly.
 
-Observation ``{"state": float32 (D,)}`` plus ``"image_<camera>"`` (uint8 HWC, upright) when
-``render=True``. ``state`` is the robot's proprioception followed by the objects' poses:
+Observation ``{"state": float32 (D,)}`` plus, on request (:mod:`sim.camera_obs`), ``image_<camera>``
+(uint8 HWC, upright), ``depth_<camera>`` (float32 HW, metres) and ``points`` (float32 N x 3|6, world
+frame, cropped to the task's workspace above the table). ``state`` is the robot's proprioception
+followed by the objects' poses:
 
     [0:3]    end-effector (grip site) position, world frame, metres
     [3:7]    end-effector orientation, quaternion wxyz, sign in the hemisphere of the home pose
@@ -34,12 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from typing import Any, Iterator, Sequence
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from sim.camera_obs import DEFAULT_NUM_POINTS, CameraObserver, camera_obs_config
 from sim.registry import PREFIX, TaskSpec, register_task, task_spec
 
 CONTROL_RATE_HZ = 20.0
@@ -54,10 +58,15 @@ JOINT_KP = 150.0  # the OSC's stiffness, so both variants move the arm alike
 # Step caps: 1.5x the 95th percentile of the expert's successful episode lengths over seeds 0..99,
 # rounded up to a multiple of 50 (python -m bench.experts_robosuite, bench/results/experts_robosuite.json;
 # p95 39 / 97 / 133 steps for Lift / Stack / PickPlaceCan under ee_delta, about the same under joint_pos).
+# Workspace: the world box kept in point clouds, the space above the table top (z = 0.8 m, 0.8 x 0.8 m)
+# or, for PickPlaceCan, above the floors of the two bins (robosuite's bin1_pos / bin2_pos, bin_size).
+TABLE_WORKSPACE = ((-0.4, -0.4, 0.805), (0.4, 0.4, 1.3))
 TASKS: dict[str, dict[str, Any]] = {
-    "Lift": {"env": "Lift", "objects": ("cube_main",), "max_steps": 100},
-    "Stack": {"env": "Stack", "objects": ("cubeA_main", "cubeB_main"), "max_steps": 150},
-    "PickPlaceCan": {"env": "PickPlaceCan", "objects": ("Can_main",), "max_steps": 200},
+    "Lift": {"env": "Lift", "objects": ("cube_main",), "max_steps": 100, "workspace": TABLE_WORKSPACE},
+    "Stack": {"env": "Stack", "objects": ("cubeA_main", "cubeB_main"), "max_steps": 150,
+              "workspace": TABLE_WORKSPACE},
+    "PickPlaceCan": {"env": "PickPlaceCan", "objects": ("Can_main",), "max_steps": 200,
+                     "workspace": ((-0.1, -0.5, 0.82), (0.3, 0.53, 1.3))},
 }
 VARIANTS = {"ee_delta": ("", 7), "joint_pos": ("-joint", ARM_DOF + 1)}
 
@@ -67,6 +76,11 @@ VARIANTS = {"ee_delta": ("", 7), "joint_pos": ("-joint", ARM_DOF + 1)}
 CAN_BIN = {"x": (0.1, 0.295), "y": (0.28, 0.525), "z": 0.8}
 
 CAMERAS = ("agentview", "frontview", "birdview", "sideview", "robot0_eye_in_hand")
+DEFAULT_CAMERA, DEFAULT_IMAGE_SIZE = "agentview", 84
+
+
+def camera_defaults(task: str) -> dict[str, Any]:
+    return {"camera": DEFAULT_CAMERA, "image_size": DEFAULT_IMAGE_SIZE, "workspace": TASKS[task]["workspace"]}
 
 
 def state_dim(task: str) -> int:
@@ -135,9 +149,11 @@ class RobosuiteTask(gymnasium.Env):
         task: ``Lift``, ``Stack``, ``PickPlaceCan`` or a registered name such as ``robosuite-Lift-joint-v0``.
         action_semantics: ``ee_delta`` or ``joint_pos``; taken from ``task`` when that is a full name.
         render: add ``image_<camera>`` (uint8, ``image_size`` x ``image_size`` x 3) to the observation.
-        camera: camera name or names for the images and for ``render()`` (the first): agentview,
-            frontview, birdview, sideview, robot0_eye_in_hand.
-        image_size: side of the image observation in pixels.
+        camera / cameras: camera name or names for the observations and for ``render()`` (the first):
+            agentview, frontview, birdview, sideview (not in PickPlaceCan), robot0_eye_in_hand.
+        depth, points, num_points, point_colour, workspace: depth maps and a world-frame point cloud
+            (:mod:`sim.camera_obs`); the workspace defaults to the space above the task's table.
+        image_size: side of the image and depth observations in pixels.
         render_size: side of the ``render()`` frame (videos).
         max_steps: step cap; defaults to the task's registered cap.
     """
@@ -148,12 +164,18 @@ class RobosuiteTask(gymnasium.Env):
         self,
         task: str,
         action_semantics: str | None = None,
-        render: bool = False,
-        camera: str | Sequence[str] = "agentview",
-        image_size: int = 84,
+        render: bool | None = None,
+        camera: str | Sequence[str] | None = None,
+        image_size: int | None = None,
         render_size: int = 128,
         max_steps: int | None = None,
         render_mode: str | None = "rgb_array",
+        cameras: str | Sequence[str] | None = None,
+        depth: bool = False,
+        points: bool = False,
+        num_points: int = DEFAULT_NUM_POINTS,
+        point_colour: bool = False,
+        workspace: Any = None,
     ):
         import robosuite
 
@@ -166,9 +188,10 @@ class RobosuiteTask(gymnasium.Env):
         self.action_semantics = semantics
         self.spec_ = task_spec(task_name(self.task, semantics))
         self.max_steps = int(max_steps if max_steps is not None else self.spec_.max_steps)
-        self.cameras = [camera] if isinstance(camera, str) else list(camera)
-        self.render_images = bool(render)
-        self.image_size = int(image_size)
+        self.camera_config = camera_obs_config(render, camera, cameras, depth, points, image_size, num_points,
+                                               point_colour, workspace, defaults=camera_defaults(self.task))
+        self.cameras = list(self.camera_config.cameras)
+        self.image_size = self.camera_config.image_size
         self.render_size = int(render_size)
         self.render_mode = render_mode
 
@@ -202,14 +225,13 @@ class RobosuiteTask(gymnasium.Env):
         self._home_quat = _quat_wxyz(self.data.site_xmat[self._site])  # the hemisphere for eef quaternions
         self.joint_limits = np.array(self.model.jnt_range[robot._ref_joint_indexes], dtype=np.float64)
 
-        obs_spaces: dict[str, spaces.Space] = {
-            "state": spaces.Box(-np.inf, np.inf, shape=(state_dim(self.task),), dtype=np.float32)
-        }
-        if self.render_images:
-            for cam in self.cameras:
-                obs_spaces[f"image_{cam}"] = spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3),
-                                                        dtype=np.uint8)
-        self.observation_space = spaces.Dict(obs_spaces)
+        self.spec_ = dataclasses.replace(
+            self.spec_, obs_shapes={**self.spec_.obs_shapes, **self.camera_config.shapes()})
+        self._camera_obs = CameraObserver(self.model, self.data, self.camera_config)
+        self.observation_space = spaces.Dict({
+            "state": spaces.Box(-np.inf, np.inf, shape=(state_dim(self.task),), dtype=np.float32),
+            **self.camera_config.spaces(),
+        })
         if semantics == "ee_delta":
             self.action_space = spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
         else:
@@ -219,7 +241,6 @@ class RobosuiteTask(gymnasium.Env):
         if self.action_space.shape != (self.spec_.action_dim,) or env.action_dim != self.spec_.action_dim:
             raise RuntimeError(f"{self.spec_.name}: robosuite action dim {env.action_dim} != {self.spec_.action_dim}")
 
-        self._obs_renderers: dict[str, Any] = {}
         self._video_renderer = None
         self._steps = 0
         self.last_seed: int | None = None
@@ -256,9 +277,7 @@ class RobosuiteTask(gymnasium.Env):
         return self._video_renderer()
 
     def close(self) -> None:
-        for r in self._obs_renderers.values():
-            r.close()
-        self._obs_renderers.clear()
+        self._camera_obs.close()
         if self._video_renderer is not None:
             self._video_renderer.close()
             self._video_renderer = None
@@ -272,6 +291,10 @@ class RobosuiteTask(gymnasium.Env):
     @property
     def unwrapped_robosuite(self):
         return self._env
+
+    def camera_attrs(self) -> dict[str, dict[str, Any]]:
+        """Intrinsics and extrinsics of the observation cameras (the store's ``cameras`` attribute)."""
+        return self._camera_obs.camera_attrs()
 
     def _renderer(self, camera: str, size: int):
         from sim.render import FrameRenderer
@@ -290,14 +313,7 @@ class RobosuiteTask(gymnasium.Env):
         return np.concatenate(parts).astype(np.float32)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = {"state": self.state()}
-        if self.render_images:
-            for cam in self.cameras:
-                r = self._obs_renderers.get(cam)
-                if r is None:
-                    r = self._obs_renderers[cam] = self._renderer(cam, self.image_size)
-                obs[f"image_{cam}"] = r()
-        return obs
+        return {"state": self.state(), **self._camera_obs.observe()}
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -324,6 +340,7 @@ def register_robosuite_tasks() -> None:
                 env_kwargs={"task": task, "action_semantics": semantics},
                 expert_entry="sim.robosuite_experts:make_robosuite_expert",
                 expert_kwargs={"task": task, "action_semantics": semantics},
+                camera_defaults=camera_defaults(task),
             )
 
 

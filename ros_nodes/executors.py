@@ -1,0 +1,124 @@
+"""Chunk executors for asynchronous inference: which action runs at control tick ``j``.
+
+Time is counted in control ticks. A chunk ``(H, A)`` predicted from the observation sampled at tick
+``k`` holds the action for tick ``k`` at index ``To-1`` (DESIGN §5), so tick ``j`` reads index
+``To-1 + j - k``. Inference takes time: the chunk *lands* at some later tick ``l``, and the ticks
+``k .. l-1`` already ran on the previous plan. Executors are aligned to those measured, elapsed ticks,
+never to a latency estimate (deployment notes §0): they skip the elapsed prefix.
+
+- ``naive``: run ``Ta`` actions from the landing tick (fewer if the horizon ends first), then re-plan.
+  The node asks for the next chunk ``latency_ticks`` before the current one runs out, so the next
+  one lands just in time; it then replaces what is left of the old one.
+- ``temporal_ensemble`` (ACT): re-plan whenever the worker is free; every chunk that covers tick ``j``
+  votes, weighted ``exp(-m * i)`` with ``i = 0`` the oldest (ACT's convention).
+
+Pure Python and numpy, no ROS: the policy node drives it, tests drive it with plain integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EXECUTORS = ("naive", "temporal_ensemble")
+PLANNED = ("rtc",)  # DESIGN §7; needs guided flow sampling in the runner first
+
+
+@dataclass
+class Chunk:
+    actions: np.ndarray  # (H, A), un-normalised
+    obs_tick: int  # the tick of the newest observation it was predicted from
+    first: int  # the first tick it may run (its landing tick)
+    last: int  # the last tick it may run
+
+    def action(self, tick: int, n_obs_steps: int) -> np.ndarray:
+        return self.actions[n_obs_steps - 1 + tick - self.obs_tick]
+
+
+class NaiveExecutor:
+    """Run ``n_action_steps`` actions of each chunk from where it lands; re-plan before it runs out."""
+
+    name = "naive"
+
+    def __init__(self, n_obs_steps: int, n_action_steps: int, horizon: int):
+        if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+            raise ValueError(f"n_action_steps {n_action_steps} must lie in 1..H-To+1 = {horizon - n_obs_steps + 1}")
+        self.To, self.Ta, self.H = n_obs_steps, n_action_steps, horizon
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunk: Chunk | None = None
+        self.dropped = 0  # chunks that landed after their whole horizon had passed
+
+    def horizon_end(self, obs_tick: int) -> int:
+        """The last tick a chunk from ``obs_tick`` has an action for."""
+        return obs_tick + self.H - self.To
+
+    def add(self, actions: np.ndarray, obs_tick: int, landed: int) -> bool:
+        """Adopt a chunk that landed at tick ``landed``. False (and dropped) if it is entirely stale."""
+        last = min(landed + self.Ta - 1, self.horizon_end(obs_tick))
+        if last < landed:
+            self.dropped += 1
+            return False
+        self.chunk = Chunk(np.asarray(actions), obs_tick, landed, last)
+        return True
+
+    def remaining(self, tick: int) -> int:
+        """Actions left for ticks ``tick`` onwards."""
+        return 0 if self.chunk is None else max(self.chunk.last - max(tick, self.chunk.first) + 1, 0)
+
+    def needs_chunk(self, tick: int, latency_ticks: int) -> bool:
+        return self.remaining(tick) <= latency_ticks
+
+    def action(self, tick: int) -> np.ndarray | None:
+        c = self.chunk
+        if c is None or not c.first <= tick <= c.last:
+            return None
+        return c.action(tick, self.To)
+
+
+class TemporalEnsembleExecutor:
+    """ACT temporal ensembling over every live chunk; re-plans as often as the worker can."""
+
+    name = "temporal_ensemble"
+
+    def __init__(self, n_obs_steps: int, n_action_steps: int, horizon: int, m: float = 0.01):
+        self.To, self.Ta, self.H, self.m = n_obs_steps, n_action_steps, horizon, float(m)
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunks: list[Chunk] = []  # oldest first
+        self.dropped = 0
+
+    def add(self, actions: np.ndarray, obs_tick: int, landed: int) -> bool:
+        last = obs_tick + self.H - self.To
+        if last < landed:
+            self.dropped += 1
+            return False
+        self.chunks.append(Chunk(np.asarray(actions), obs_tick, landed, last))
+        return True
+
+    def remaining(self, tick: int) -> int:
+        return max((c.last - tick + 1 for c in self.chunks), default=0) if self.chunks else 0
+
+    def needs_chunk(self, tick: int, latency_ticks: int) -> bool:
+        return True
+
+    def action(self, tick: int) -> np.ndarray | None:
+        self.chunks = [c for c in self.chunks if c.last >= tick]
+        votes = [c.action(tick, self.To) for c in self.chunks if c.first <= tick]
+        if not votes:
+            return None
+        weights = np.exp(-self.m * np.arange(len(votes)))
+        return np.tensordot(weights / weights.sum(), np.stack(votes), axes=1)
+
+
+def make_executor(name: str, n_obs_steps: int, n_action_steps: int, horizon: int, **kwargs):
+    if name == "naive":
+        return NaiveExecutor(n_obs_steps, n_action_steps, horizon)
+    if name == "temporal_ensemble":
+        return TemporalEnsembleExecutor(n_obs_steps, n_action_steps, horizon, **kwargs)
+    if name in PLANNED:
+        raise ValueError(f"executor {name!r} is not implemented yet; available: {list(EXECUTORS)}")
+    raise ValueError(f"unknown executor {name!r}; available: {list(EXECUTORS)}")
