@@ -17,7 +17,7 @@ setup() {
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q $TORCH_SPEC
   local stamp=.venv/.robopolicy-installed
   if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
-    .venv/bin/pip install -q -e ".[sim,ros,dev]"
+    .venv/bin/pip install -q -e ".[sim,ros,export,dev]"
     cp pyproject.toml "$stamp"
   fi
   # Off-screen MuJoCo rendering on a CPU (rollout videos) needs OSMesa.

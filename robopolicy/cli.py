@@ -1,4 +1,4 @@
-"""`robopolicy` command line: collect, train, eval, info, demo (DESIGN.md §11).
+"""`robopolicy` command line: collect, train, eval, info, export, demo (DESIGN.md §11).
 
 Sim-facing verbs import the `sim` room lazily, inside the command, so the core runs without MuJoCo.
 """
@@ -22,7 +22,11 @@ def _sim():
 
 
 def cmd_collect(args) -> None:
-    summary = _sim().collect(args.task, args.episodes, args.out, seed=args.seed, progress=not args.quiet)
+    cameras = {"cameras": args.cameras.split(",") if args.cameras else None, "image_size": args.image_size,
+               "depth": args.depth, "points": args.points, "num_points": args.num_points,
+               "point_colour": args.point_colour}
+    summary = _sim().collect(args.task, args.episodes, args.out, seed=args.seed, progress=not args.quiet,
+                             **{k: v for k, v in cameras.items() if v not in (None, False)})
     print(json.dumps(summary, default=str))
 
 
@@ -109,6 +113,15 @@ def checkpoint_info(path: Path) -> str:
     return "\n".join(lines)
 
 
+def cmd_export(args) -> None:
+    """A checkpoint's whole chunk predictor as one file that libtorch (C++) loads without Python."""
+    from robopolicy.export import export
+
+    out = export(args.checkpoint, args.out, args.format, args.sampler, args.inference_steps)
+    print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format}): "
+          "(obs {key: (B, To, ...)}, noise (B, H, A)) -> chunk (B, H, A)")
+
+
 def cmd_demo(args) -> None:
     """The default job: expert demonstrations -> Diffusion Policy -> evaluation -> report."""
     from robopolicy.report import plot_losses, write_report
@@ -168,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, required=True)
     p.add_argument("--out", required=True, help="store path (created, or appended to)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses seed S+i (evaluation uses 1000+i)")
+    p.add_argument("--cameras", help="comma-separated cameras: record image_<cam> from each (arm tasks)")
+    p.add_argument("--image-size", type=int, help="side of images and depth maps (default: the task's)")
+    p.add_argument("--depth", action="store_true", help="record depth_<cam> (float32 metres) from each camera")
+    p.add_argument("--points", action="store_true", help="record 'points', a world-frame cloud cropped to the "
+                                                         "task's workspace (N x 3)")
+    p.add_argument("--num-points", type=int, help="points per cloud (default 512)")
+    p.add_argument("--point-colour", action="store_true", help="points with rgb (N x 6)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("train", help="train a policy on a store (resumes if --out holds a checkpoint)")
@@ -208,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a store or a checkpoint")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="a checkpoint's chunk predictor as a TorchScript file (C++ / libtorch)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (best/ else latest/)")
+    p.add_argument("--out", required=True, help="file to write, e.g. policy.pt")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                   help="onnx: batch 1, metadata in FILE.json beside it")
+    p.add_argument("--sampler", help="override the checkpoint's sampler (must be fixed-step: ddim, euler)")
+    p.add_argument("--inference-steps", type=int, help="override the number of sampling steps")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the default job: collect, train, evaluate, report")
     p.add_argument("--task", default=DEFAULT_TASK)

@@ -46,9 +46,19 @@ class PolicyRunner:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", sampler: str | None = None,
-                        num_inference_steps: int | None = None, seed: int | None = None) -> "PolicyRunner":
-        """Loads EMA weights; `sampler`/`num_inference_steps` override the checkpoint's defaults (diffusion)."""
+                        num_inference_steps: int | None = None, seed: int | None = None, fast: bool = True,
+                        precision: str = "fp32") -> "PolicyRunner":
+        """Loads EMA weights; `sampler`/`num_inference_steps` override the checkpoint's defaults (diffusion).
+
+        `fast`/`precision` choose how diffusion-family policies run their U-Net (`DiffusionPolicy.set_inference`:
+        the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the weight bytes); other policies
+        accept only the defaults.
+        """
         policy, normalizer, meta = load_policy(path, device)
+        if hasattr(policy, "set_inference"):
+            policy.set_inference(fast=fast, precision=precision)
+        elif precision != "fp32":
+            raise ValueError(f"precision='{precision}' needs a diffusion-family policy, got '{policy.name}'")
         if sampler is not None:
             policy.config.sampler = sampler
         if num_inference_steps is not None:
@@ -119,10 +129,11 @@ class CheckpointPolicy:
     """Picklable factory for evaluation workers: each process loads its own runner from disk."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", sampler: str | None = None,
-                 num_inference_steps: int | None = None, seed: int = 0):
+                 num_inference_steps: int | None = None, seed: int = 0, fast: bool = True, precision: str = "fp32"):
         self.checkpoint = str(Path(checkpoint))
         self.device, self.sampler, self.num_inference_steps, self.seed = device, sampler, num_inference_steps, seed
+        self.fast, self.precision = fast, precision
 
     def __call__(self) -> PolicyRunner:
         return PolicyRunner.from_checkpoint(self.checkpoint, self.device, self.sampler, self.num_inference_steps,
-                                            self.seed)
+                                            self.seed, fast=self.fast, precision=self.precision)

@@ -109,30 +109,46 @@ class Normalizer:
 
     # -- applying
 
-    def normalize(self, key: str, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """``x (..., D)`` -> normalised; integer input becomes float32, float input keeps its dtype."""
-        x = _as_float(x)
-        scale, offset = self._affine(key, x)
-        return x * scale + offset
+    def normalize(self, key: str, x: np.ndarray | torch.Tensor, out: torch.Tensor | None = None
+                  ) -> np.ndarray | torch.Tensor:
+        """``x (..., D)`` -> normalised; integer input becomes float32, float input keeps its dtype.
+
+        A tensor is normalised in one fused op, integer to float included (no float copy of a uint8 image
+        is made first), into ``out`` when given (tensors only; it may be ``x`` itself).
+        """
+        if not isinstance(x, torch.Tensor):
+            if out is not None:
+                raise TypeError(f"normalizer key {key!r}: out= needs a torch tensor, got {type(x).__name__}")
+            x = _as_float(x)
+            scale, offset = self._affine(key, x)
+            return x * scale + offset
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        scale, offset = self._affine(key, x, dtype)
+        p = self._params[key]
+        if p["scale"].ndim == 0:  # one scale for all entries (images): offset + scale·x, scale a Python float
+            return torch.add(offset, x, alpha=float(p["scale"]), out=out)
+        return torch.addcmul(offset, x, scale, out=out)
 
     def unnormalize(self, key: str, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         x = _as_float(x)
         scale, offset = self._affine(key, x)
         return (x - offset) / scale
 
-    def _affine(self, key: str, x: np.ndarray | torch.Tensor) -> tuple[Any, Any]:
-        """``scale, offset`` in ``x``'s float dtype (and device)."""
+    def _affine(self, key: str, x: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None
+                ) -> tuple[Any, Any]:
+        """``scale, offset`` in ``x``'s float dtype, or ``dtype`` (and ``x``'s device)."""
         p = self._get(key)
         shape = p["scale"].shape
         if shape and tuple(x.shape[-len(shape) :]) != shape:
             raise ValueError(f"normalizer key {key!r} expects (..., {shape[-1]}), got shape {tuple(x.shape)}")
         if isinstance(x, torch.Tensor):
-            slot = (key, x.device, x.dtype)
+            dtype = dtype or x.dtype
+            slot = (key, x.device, dtype)
             if slot not in self._cache:
                 # Built once per device/dtype: normalising a batch must not re-create the tensors.
                 self._cache[slot] = (
-                    torch.as_tensor(p["scale"], dtype=x.dtype, device=x.device),
-                    torch.as_tensor(p["offset"], dtype=x.dtype, device=x.device),
+                    torch.as_tensor(p["scale"], dtype=dtype, device=x.device),
+                    torch.as_tensor(p["offset"], dtype=dtype, device=x.device),
                 )
             return self._cache[slot]
         return p["scale"].astype(x.dtype), p["offset"].astype(x.dtype)

@@ -4,14 +4,26 @@ A window is ``H`` consecutive steps of one episode. As in Diffusion Policy's ``c
 starts run over ``[-pad_before, L - H + pad_after]`` for an episode of length ``L`` (both pads clipped to
 ``H - 1``), so each episode yields ``L - H + pad_before + pad_after + 1`` windows, and at least one when
 ``L >= 1``. Steps outside the episode repeat its first or last frame and are flagged in a pad mask.
+
+Two ways out: ``sample`` returns numpy windows (images ``uint8``), and ``batch`` is the training fast path,
+model-ready torch tensors. ``batch`` gathers whole batches from the contiguous in-memory arrays with one
+``index_select`` per key (the window table is precomputed, so no Python runs per sample), keeps images
+``uint8`` through the gather (a quarter of the bytes), and normalises each key in one fused torch op that
+also turns ``uint8`` into ``float32``, on the target device. Output buffers are reused on request, because
+first-touching fresh pages for every batch costs more than the conversion itself (``bench/data_path.py``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from robopolicy.store.normalize import Normalizer
 
 __all__ = ["WindowDataset", "WindowSampler", "split_episodes"]
 
@@ -87,6 +99,9 @@ class WindowSampler:
         dtype = np.int32 if n_rows < 2**31 else np.int64
         self.indices = (starts[win][:, None] + np.clip(rel, 0, length - 1)).astype(dtype)
         self.window_episode = eps[win]
+        self._sources: dict[str, torch.Tensor] = {}  # torch views of the arrays, made on the first batch()
+        self._buffers: list[dict[str, torch.Tensor]] = [{}, {}]  # two slots, alternated by batch()
+        self._turn = 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -103,6 +118,82 @@ class WindowSampler:
         out[self.action_key] = _as_sample(self.arrays[self.action_key][rows])
         out["action_is_pad"] = self.is_pad[idx]
         return out
+
+    def batch(
+        self,
+        idx: np.ndarray | Sequence[int],
+        normalizer: Normalizer | None = None,
+        device: str | torch.device = "cpu",
+        channels_first: bool = False,
+        reuse_buffers: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Model-ready windows ``idx``: what ``Policy.compute_loss`` takes.
+
+        Returns each obs key ``(B, To, ...)``, ``"action"`` ``(B, H, A)`` (under that name whatever the
+        store calls it) and ``"action_is_pad"`` ``(B, H)``, on ``device``. With a ``normalizer`` every obs
+        key and the action are normalised to float32 (images from ``uint8``); without one, images stay
+        ``uint8`` and other arrays come as float32.
+
+        Args:
+            channels_first: images as ``(B, To, C, H, W)`` instead of ``(B, To, H, W, C)``. It is a view in
+                channels-last memory, which convolutions take as they are (no transposing copy).
+            reuse_buffers: gather (and, on the CPU, return) into buffers the sampler keeps, two sets used
+                in turn: a batch stays valid through the next call and is overwritten by the one after. The
+                training loop consumes each batch before drawing the next, so it reuses them; clone what you
+                keep longer.
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = self.indices[idx]  # (B, H); numpy's IndexError names a bad window
+        b, device = len(rows), torch.device(device)
+        slot = self._buffers[self._turn] if reuse_buffers else None
+        self._turn ^= 1
+        obs_rows = torch.from_numpy(np.ascontiguousarray(rows[:, : self.n_obs_steps]).reshape(-1))
+        all_rows = torch.from_numpy(rows.reshape(-1))
+        out = {}
+        for key in [*self.obs_keys, self.action_key]:
+            is_action = key == self.action_key
+            name, key_rows = ("action", all_rows) if is_action else (key, obs_rows)
+            src = self._source(key)
+            shape = (b, self.horizon if is_action else self.n_obs_steps, *src.shape[1:])
+            # Gathered on the host, where the arrays live; images cross to the device still as uint8.
+            x = _buffer(slot, f"{name}/gathered", shape, src.dtype)
+            torch.index_select(src, 0, key_rows, out=x.view(-1, *src.shape[1:]))
+            x = x.to(device)
+            if normalizer is not None:
+                # Floats are normalised in place; uint8 needs a float32 destination (fresh off the CPU,
+                # where the device's own caching allocator serves it).
+                host_slot = slot if device.type == "cpu" else None
+                dest = x if x.is_floating_point() else _buffer(host_slot, f"{name}/normalised", shape,
+                                                               torch.float32, device)
+                x = normalizer.normalize(key, x, out=dest)
+            if channels_first and x.dim() == 5:  # HWC images (B, To, H, W, C) -> (B, To, C, H, W), a view
+                x = x.permute(0, 1, 4, 2, 3)
+            out[name] = x
+        out["action_is_pad"] = torch.from_numpy(self.is_pad[idx]).to(device)
+        return out
+
+    def _source(self, key: str) -> torch.Tensor:
+        """Array ``key`` (the rows windows use) as a contiguous tensor; other floats once to float32."""
+        if key not in self._sources:
+            n_rows = int(self.indices.max()) + 1 if self.indices.size else 0
+            a = np.ascontiguousarray(self.arrays[key][:n_rows])
+            if np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32:
+                a = a.astype(np.float32)
+            with warnings.catch_warnings():  # a read-only array is fine: it is only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                self._sources[key] = torch.from_numpy(a)
+        return self._sources[key]
+
+
+def _buffer(slot: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor for ``name``: the slot's own if shape and dtype fit, else a new one (kept in the slot)."""
+    if slot is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = slot.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = slot[name] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
 
 
 def _as_sample(x: np.ndarray) -> np.ndarray:
@@ -122,7 +213,8 @@ def split_episodes(n_episodes: int, val_episodes: int, seed: int) -> tuple[np.nd
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Torch view of a :class:`WindowSampler`. ``batches`` is the fast path: whole batches, vectorised."""
+    """Torch view of a :class:`WindowSampler` (raw windows, as ``sample`` gives them). ``batches`` yields
+    whole epochs vectorised; the trainer takes model-ready batches from ``WindowSampler.batch`` instead."""
 
     def __init__(self, sampler: WindowSampler):
         self.sampler = sampler

@@ -70,12 +70,16 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
           train_overrides: dict | None = None, policy_overrides: dict | None = None,
           obs_keys: list[str] | None = None, action_key: str | None = None,
           evaluate: EvaluateFn | None = None, cpu: bool = False, progress: bool = True,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, max_seconds: float | None = None) -> dict:
     """Trains (or resumes) a policy on a store and returns a summary dict. See TrainConfig for the knobs.
 
     `stop_at` ends this invocation at that step with a checkpoint, as a pre-empted job would; running again
-    resumes it on the same schedule.
+    resumes it on the same schedule. `max_seconds` does the same once this invocation has spent that much
+    wall-clock time in optimiser steps (a fixed compute budget); the summary's `stopped_by` says which limit
+    ended the run ("steps", "stop_at" or "time") and `train_seconds` how long the loop ran.
     """
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds=}")
     accelerator = Accelerator(cpu=cpu)
     main = accelerator.is_main_process
     out = Path(out_dir)
@@ -159,16 +163,12 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     }
     logger = _Logger(out, config, enabled=main)
 
-    def to_batch(windows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for key, value in windows.items():
-            tensor = torch.from_numpy(value).to(device, non_blocking=True)
-            if key == action_key:
-                batch["action"] = normalizer.normalize(key, tensor)
-            elif key in obs_keys:
-                batch[key] = normalizer.normalize(key, tensor)
-            else:
-                batch[key] = tensor
+    def to_batch(windows: WindowSampler, idx: np.ndarray, extras: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        # The sampler's fast path: gathered and normalised in whole-batch torch ops, into reused buffers
+        # (each batch is consumed before the next one is drawn).
+        batch = windows.batch(idx, normalizer, device, reuse_buffers=True)
+        batch.update({key: torch.from_numpy(value).to(device) for key, value in (extras or {}).items()})
         return batch
 
     def ema_state() -> dict[str, torch.Tensor] | None:
@@ -194,7 +194,7 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
         rng_state = torch.get_rng_state()
         torch.manual_seed(12345)
         idx = np.arange(len(val_windows))[: 4 * config.batch_size]
-        losses = [eval_model.compute_loss(to_batch(val_windows.sample(idx[i : i + config.batch_size])))["loss"].item()
+        losses = [eval_model.compute_loss(to_batch(val_windows, idx[i : i + config.batch_size]))["loss"].item()
                   for i in range(0, len(idx), config.batch_size)]
         torch.set_rng_state(rng_state)
         eval_model.train()
@@ -220,11 +220,12 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     model.train()
     t_last, samples_since = time.perf_counter(), 0
     last_step = min(config.steps, stop_at or config.steps)
-    while state["step"] < last_step:
+    t_start, out_of_time = time.perf_counter(), False
+    while state["step"] < last_step and not out_of_time:
         rng = np.random.default_rng([config.seed, accelerator.process_index, state["step"]])
         idx, extras = policy.batch_indices(len(train_windows), train_windows.window_episode, config.batch_size,
                                            state["step"], rng)
-        batch = to_batch({**train_windows.sample(idx), **extras})
+        batch = to_batch(train_windows, idx, extras)
         loss = model(batch)["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the data")
@@ -255,6 +256,13 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
             run_evaluation()
         elif main and step % config.save_every == 0:
             save(latest)
+        if max_seconds is not None:
+            elapsed = time.perf_counter() - t_start
+            if accelerator.num_processes > 1:
+                # Every process must stop at the same step (DDP): the slowest clock decides for all.
+                elapsed = accelerator.reduce(torch.tensor([elapsed], device=device), "max").item()
+            out_of_time = elapsed >= max_seconds
+    train_seconds = time.perf_counter() - t_start
     bar.close()
     if accelerator.num_processes > 1:
         # DDP keeps replicas identical only if every gradient went through the wrapped forward; verify it.
@@ -270,7 +278,9 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
             run_evaluation()
     accelerator.wait_for_everyone()
     logger.close()
-    return {"out": str(out), "steps": state["step"], "best_success": state["best_success"],
+    stopped_by = "steps" if state["step"] >= config.steps else "time" if out_of_time else "stop_at"
+    return {"out": str(out), "steps": state["step"], "stopped_by": stopped_by, "train_seconds": train_seconds,
+            "best_success": state["best_success"],
             "best_step": state["best_step"], "final_loss": logger.last.get("train/loss"),
             "val_loss": logger.last.get("val/loss")}
 

@@ -17,6 +17,13 @@ and wind, tracking: wind only), the initial state (up to 10 cm, 0.1 m/s, 0.1 rad
 0.2 rad/s off the reference) and, for tracking, the reference (:mod:`sim.quadrotor.references`).
 The vehicle's parameters are in the reset ``info["params"]``; a policy does not observe them.
 
+Execution noise (``action_noise``, off by default) is for collecting demonstrations DART-style
+(Laskey et al. 2017): the env executes ``action + N(0, sigma^2)`` (per step, then clipped) while the
+caller records the action it asked for, so an expert's rollouts visit the off-course states a learned
+policy drifts into and label them with the expert's correction. ``sigma`` is per action dimension, in
+the action's units; a ``(lo, hi)`` pair draws it per episode from U[lo, hi] (the seed's own stream),
+so one store holds clean and perturbed episodes.
+
 Episode end and success: a crash (floor contact, upside down, or leaving the 4 m box) terminates the
 episode as a failure. Otherwise it runs to the cap, and the last step reports ``info["success"]``
 (then ``terminated=True``): RMS position error below the task's bound (5 cm for both),
@@ -57,6 +64,7 @@ class QuadrotorEnv(gymnasium.Env):
         randomize: domain-randomisation ranges; ``True`` the defaults, ``False`` the nominal vehicle.
         disturbances: a :class:`DisturbanceConfig`; ``None`` the task's default set.
         max_steps: step cap; defaults to the task's.
+        action_noise: DART execution noise std, a float or a per-episode (lo, hi) range; 0 (default) is off.
         render, camera, image_size, render_size: image observations and ``render()`` frames.
     """
 
@@ -70,6 +78,7 @@ class QuadrotorEnv(gymnasium.Env):
         randomize: bool | RandomizationRanges = True,
         disturbances: DisturbanceConfig | None = None,
         max_steps: int | None = None,
+        action_noise: float | tuple[float, float] = 0.0,
         render: bool = False,
         camera: str | Sequence[str] = "chase",
         image_size: int = 96,
@@ -94,6 +103,11 @@ class QuadrotorEnv(gymnasium.Env):
         default = HOVER_DISTURBANCES if task == "hover" else TRACK_DISTURBANCES
         self.disturbances = Disturbances(disturbances or default, PHYSICS_DT)
         self.max_steps = int(max_steps if max_steps is not None else self.spec_.max_steps)
+        lo, hi = (action_noise, action_noise) if np.isscalar(action_noise) else action_noise
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"action_noise must be a std >= 0 or a range 0 <= lo <= hi, got {action_noise!r}")
+        self.action_noise_range = (float(lo), float(hi))
+        self.action_noise = float(lo)
         self.control_rate_hz = self.spec_.control_rate_hz
         self.control_dt = 1.0 / self.control_rate_hz
         self.substeps = int(round(self.control_dt / PHYSICS_DT))
@@ -139,9 +153,11 @@ class QuadrotorEnv(gymnasium.Env):
         episode_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
         self.last_seed = episode_seed
         # Independent streams, so that e.g. the reference kind never changes which vehicle a seed gives.
-        vehicle_rng, init_rng, wind_rng, ref_rng = (
-            np.random.default_rng(s) for s in np.random.SeedSequence(episode_seed).spawn(4)
+        # A fifth stream for the execution noise leaves the first four (what the seed meant before) unchanged.
+        vehicle_rng, init_rng, wind_rng, ref_rng, self._noise_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(episode_seed).spawn(5)
         )
+        self.action_noise = float(self._noise_rng.uniform(*self.action_noise_range))
         self.params = sample_params(vehicle_rng, self.ranges, self.nominal)
         apply_params(self.model, self.params, self.body_id, self.site_ids)
         wind_info = self.disturbances.reset(wind_rng)
@@ -183,6 +199,7 @@ class QuadrotorEnv(gymnasium.Env):
             "success": False,
             "params": self.params.to_dict(),
             "reference": self.reference_name,
+            "action_noise": self.action_noise,
             **wind_info,
         }
         return self._obs(), info
@@ -193,6 +210,8 @@ class QuadrotorEnv(gymnasium.Env):
             raise ValueError(f"{self.spec_.short_name}: action must have shape (4,), got {action.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"{self.spec_.short_name}: non-finite action {action}")
+        if self.action_noise > 0:
+            action = action + self.action_noise * self._noise_rng.standard_normal(4)
         action = np.clip(action, self.action_space.low, self.action_space.high)
         self._pending.append((self._physics_step + self.params.latency_steps, action))
         crashed = False
