@@ -1,6 +1,6 @@
 """Closed loop through ROS 2 vs direct simulation, same checkpoint, same seeds.
 
-    flock /tmp/robopolicy-train.lock python bench/ros_closed_loop.py [--episodes 20] [--tasks arm quadrotor]
+    flock /tmp/robopolicy-train.lock python bench/ros_closed_loop.py [--episodes 20] [--tasks arm quadrotor track]
 
 For each task, the sim bridge and the policy node run as separate processes over DDS on loopback
 (their own ROS domain, localhost only), in real time; every episode is ``sim/reset`` (seed 1000 + i)
@@ -11,10 +11,15 @@ its first command) and inference time, from its ``policy/metrics``.
 
 - arm: ``robopolicy/robosuite-Lift-joint-v0`` (profile ``sim_panda``), a diffusion ``cpu`` checkpoint
   trained like ``bench/suite.py`` does (50 expert demos, 1000 steps; reused when present);
-- quadrotor: ``robopolicy/quadrotor-hover-v0`` (profile ``sim_quadrotor``), the suite's checkpoint.
+- quadrotor: ``robopolicy/quadrotor-hover-v0`` (profile ``sim_quadrotor``), the suite's checkpoint;
+- track: ``robopolicy/quadrotor-track-v0`` (profile ``sim_quadrotor``; the bridge publishes the reference on
+  ``setpoint``, the node differences it for the reference velocity), the best velocity-level tracking
+  checkpoint there is: ``bench/quad_policy.py``'s learned tracker if it has been trained, else the suite's.
+  Tracking error is compared through ROS and direct: mean position error per step (minus the return over
+  the steps, the same on both paths) and, through ROS, the task's RMS error from 1 s on.
 
 Writes bench/results/ros/ros_closed_loop.json and .md (its BENCHMARKS.md section) and a latency plot
-under bench/results/plots/.
+under bench/results/plots/. Running a subset of ``--tasks`` replaces those rows and keeps the others.
 """
 
 from __future__ import annotations
@@ -38,11 +43,18 @@ TASKS = {
             "run": SUITE / "robosuite-Lift-joint-v0-diffusion-cpu-1000"},
     "quadrotor": {"task": "robopolicy/quadrotor-hover-v0", "profile": "sim_quadrotor",
                   "run": SUITE / "quadrotor-hover-v0-diffusion-cpu-1000"},
+    "track": {"task": "robopolicy/quadrotor-track-v0", "profile": "sim_quadrotor",
+              "run": SUITE / "quadrotor-track-v0-diffusion-cpu-1000",
+              "better": RESULTS / "quadrotor" / "quad_policy" / "velocity" / "checkpoint"},
 }
 
 
 def ensure_checkpoint(kind: str) -> Path:
-    """The task's suite checkpoint; trains the arm's like bench/suite.py (collect 50, 1000 steps) if absent."""
+    """The task's checkpoint: a better one where the task names it and it exists, else the suite's (trained
+    like bench/suite.py does, collect 50 and 1000 steps, if absent)."""
+    better = TASKS[kind].get("better")
+    if better is not None and (better / "latest" / "config.json").is_file():
+        return better / "latest"
     run = TASKS[kind]["run"]
     if not (run / "latest" / "config.json").is_file():
         from bench.suite import bench_task
@@ -79,10 +91,10 @@ def ros_episodes(ckpt: Path, kind: str, episodes: int, seed: int, log_dir: Path)
         wait_until(lambda: metrics and latest().get("state") == "ready", 180, "both nodes to come up")
         for i in range(episodes):
             if i > 0:
-                assert ros.call(Trigger, "sim/reset", timeout=30).success
+                assert ros.call(Trigger, "sim/reset", timeout=30, resend_s=10).success
                 wait_until(lambda: latest().get("episode") == i and latest()["state"] == "ready", 30, "reset")
-            assert ros.call(Trigger, "policy/reset").success
-            assert ros.call(Trigger, "sim/start").success
+            assert ros.call(Trigger, "policy/reset", resend_s=10).success
+            assert ros.call(Trigger, "sim/start", resend_s=10).success
             cap_s = latest()["max_steps"] / _rate(spec["task"])
             wait_until(lambda: latest().get("episode") == i and latest()["state"] == "done", 3 * cap_s + 60,
                        f"episode {i}", period=0.05)
@@ -101,10 +113,14 @@ def ros_episodes(ckpt: Path, kind: str, episodes: int, seed: int, log_dir: Path)
     return {"episodes": rows, "metrics": final}
 
 
-def _rate(task: str) -> float:
+def _spec(task: str):
     import sim
 
-    return sim.task_spec(task).control_rate_hz
+    return sim.task_spec(task)
+
+
+def _rate(task: str) -> float:
+    return _spec(task).control_rate_hz
 
 
 def direct_episodes(ckpt: Path, task: str, episodes: int, seed: int) -> dict:
@@ -140,11 +156,14 @@ def summarize(kind: str, ros: dict, direct: dict) -> dict:
         "commands_per_step": sum(e["commands"] for e in eps) / max(sum(e["steps"] for e in eps), 1),
         "policy_counters": m["counters"], "e2e_latency_samples_ms": m.get("e2e_latency_samples_ms", []),
     }
-    if kind == "quadrotor":  # tracking error: mean position error (m) = -return / steps, both paths
+    if TASKS[kind]["profile"] == "sim_quadrotor":  # tracking error: mean position error (m) = -return / steps
         row["ros_mean_position_error_m"] = float(np.mean([-e["return"] / e["steps"] for e in eps]))
         row["direct_mean_position_error_m"] = float(np.mean([-e["return"] / e["steps"]
                                                              for e in direct["episodes"]]))
         row["ros_rms_position_error_m"] = float(np.mean([e["info"].get("rms_position_error", np.nan) for e in eps]))
+        cap = _spec(TASKS[kind]["task"]).max_steps  # a quadrotor episode ends early only by crashing
+        row["ros_crashes"] = sum(e["steps"] < cap for e in eps)
+        row["direct_crashes"] = sum(e["steps"] < cap for e in direct["episodes"])
     return row
 
 
@@ -199,12 +218,18 @@ def write_markdown(result: dict, path: Path, plot: Path) -> None:
         lines.append(f"| {r['task'].removeprefix('robopolicy/')} | {r['commands_per_step']:.2f} | {c.get('chunks', 0)} | "
                      f"{c.get('chunks_stale', 0)} | {c.get('frames_stale', 0)} | {c.get('starved_ticks', 0)} | "
                      f"{c.get('held_held_stale', 0)} | {r['inference_ms']['max']} |")
-    quad = [r for r in result["rows"] if r["kind"] == "quadrotor"]
+    quad = [r for r in result["rows"] if "ros_mean_position_error_m" in r]
     if quad:
-        q = quad[0]
-        lines += ["", f"Quadrotor hover, mean position error per step (m): ROS {q['ros_mean_position_error_m']:.4f}, "
-                      f"direct {q['direct_mean_position_error_m']:.4f} (RMS after the 1 s settle, ROS: "
-                      f"{q['ros_rms_position_error_m']:.4f})."]
+        lines += ["", "Quadrotor position error (m): mean per step over the episode (minus the return over the steps, "
+                      "both paths), and through ROS the task's RMS from 1 s on; crashes end an episode early.", "",
+                  "| task | checkpoint | mean error ROS | mean error direct | RMS ROS | crashes ROS / direct |",
+                  "|---|---|---:|---:|---:|---|"]
+        for q in quad:
+            ckpt = Path(q.get("checkpoint", "")).parent  # the run directory, relative to bench/results
+            ckpt = ckpt.relative_to(RESULTS).as_posix() if ckpt.is_relative_to(RESULTS) else ckpt.name
+            lines.append(f"| {q['task'].removeprefix('robopolicy/')} | {ckpt} | "
+                         f"{q['ros_mean_position_error_m']:.4f} | {q['direct_mean_position_error_m']:.4f} | {q['ros_rms_position_error_m']:.4f} | "
+                         f"{q.get('ros_crashes', '-')} / {q.get('direct_crashes', '-')} |")
     rel = Path(os.path.relpath(plot, path.parent))
     lines += ["", f"![end-to-end latency]({rel.as_posix()})", ""]
     path.write_text("\n".join(lines))
@@ -252,6 +277,11 @@ def main() -> None:
                    ros_episodes=ros["episodes"], direct_episodes=direct["episodes"])
         rows.append(row)
 
+    previous = out / "ros_closed_loop.json"
+    if previous.is_file():  # keep the rows of the tasks not run this time
+        run_kinds = {r["kind"] for r in rows}
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["kind"] not in run_kinds]
+        rows = sorted(kept + rows, key=lambda r: list(TASKS).index(r["kind"]))
     result = {"benchmark": "ros_closed_loop", "episodes": args.episodes, "seed": args.seed,
               "machine": machine_info(), "rows": rows}
     (out / "ros_closed_loop.json").write_text(json.dumps(result, indent=2))

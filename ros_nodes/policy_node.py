@@ -49,7 +49,6 @@ from trajectory_msgs.msg import JointTrajectory
 from hardware.profile import CheckpointMismatchError, check_checkpoint, load_profile
 from hardware.safety import SafetyFilter
 from ros_nodes import convert
-from ros_nodes.executors import make_executor
 from ros_nodes.observation import ObservationAssembler
 from ros_nodes.params import declare_config
 from ros_nodes.qos import COMMAND_QOS, STATUS_QOS, for_source
@@ -87,7 +86,7 @@ class PolicyNode(Node):
             raise ValueError("parameter 'profile' is required (a robot profile name or .yaml path)")
 
         # ---- compatibility first: refuse before loading any weights ----------------------------------
-        from robopolicy.train.checkpoint import read_config, resolve_checkpoint
+        from robopolicy.train.checkpoint_config import read_config, resolve_checkpoint  # json only: instant
 
         ckpt_config = read_config(cfg.checkpoint)
         profile = load_profile(cfg.profile)
@@ -102,6 +101,7 @@ class PolicyNode(Node):
 
         import torch
 
+        from robopolicy.runtime.executors import make_executor
         from robopolicy.runtime.runner import PolicyRunner
 
         if cfg.torch_threads > 0:
@@ -399,6 +399,7 @@ class PolicyNode(Node):
                                "n": len(e2e)},
             "e2e_latency_samples_ms": [round(x * 1e3, 2) for x in e2e[-200:]],
             "latency_ticks": self._latency_ticks(), "executor_dropped": self.chunker.dropped,
+            "executor_overrun_ticks": getattr(self.chunker, "overrun_ticks", 0),
         }
 
     def _publish_metrics(self) -> None:
@@ -434,7 +435,7 @@ def main(args=None) -> int:
     node = None
     try:
         node = PolicyNode()
-    except (CheckpointMismatchError, ValueError, FileNotFoundError) as e:
+    except (CheckpointMismatchError, ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         print(f"robopolicy-policy-node: refused to start: {e}", file=sys.stderr, flush=True)
         if rclpy.ok():
             rclpy.shutdown()

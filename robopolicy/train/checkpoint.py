@@ -20,24 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from robopolicy.policies import Policy, get_policy_class
 from robopolicy.store import Normalizer
-
-FORMAT = "robopolicy-checkpoint"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint dir, or a run dir (then `best/` if evaluation ran, else `latest/`)."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    for child in ("best", "latest"):
-        if (path / child / "config.json").is_file():
-            return path / child
-    raise CheckpointError(f"{path} is not a checkpoint: no config.json in it, nor in {path}/best or {path}/latest")
+# config.json alone, torch-free (what a deployment reads before deciding to load weights); re-exported here
+from robopolicy.train.checkpoint_config import (FORMAT, FORMAT_VERSION, CheckpointError,  # noqa: F401
+                                                read_config, resolve_checkpoint)
 
 
 def save_checkpoint(directory: str | os.PathLike, policy: Policy, normalizer: Normalizer, meta: dict[str, Any],
@@ -73,17 +58,6 @@ def save_checkpoint(directory: str | os.PathLike, policy: Policy, normalizer: No
     else:
         tmp.rename(directory)
     return directory
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = resolve_checkpoint(path)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from e
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}/config.json is not a robopolicy checkpoint (format={config.get('format')!r})")
-    return config
 
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True,

@@ -26,3 +26,34 @@ def tiny_checkpoint(kind: str, root: Path) -> tuple[Path, Path]:
     train(str(store), str(run), preset="cpu", policy_overrides=TINY_POLICY, train_overrides=TINY_TRAIN,
           progress=False, cpu=True)
     return run / "latest", store
+
+
+def far_out_checkpoint(src: Path, dst: Path, factor: float = 1000.0) -> Path:
+    """A copy of ``src`` whose action normaliser is ``factor`` times wider: the same weights, but every
+    un-normalised action lands ``factor`` times further from zero (far outside any robot's limits)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    action = config["normalizer"]["keys"][config.get("action_key", "action")]
+    # y = x * scale + offset  =>  x = (y - offset) / scale: dividing both by `factor` multiplies x by it.
+    action["scale"] = [s / factor for s in action["scale"]]
+    action["offset"] = [o / factor for o in action["offset"]]
+    action["stats"] = {k: [v * factor for v in values] for k, values in (action["stats"] or {}).items()}
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def nan_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose every floating-point weight is NaN (live and EMA), as a diverged run leaves."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(dst / "model.safetensors")
+    save_file({k: np.full_like(v, np.nan) if np.issubdtype(v.dtype, np.floating) else v
+               for k, v in tensors.items()}, dst / "model.safetensors")
+    return dst

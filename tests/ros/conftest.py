@@ -4,8 +4,8 @@
   to localhost, so concurrent test runs never hear each other.
 - ``ros_node`` gives the test its own rclpy node, spun in a background thread; ``wait_for`` polls.
 - ``launch_node`` starts one of our console scripts (``robopolicy-sim-bridge`` ...) as a separate
-  process with ROS parameters, logs to a file under the test's tmp dir, and stops it (SIGINT, then
-  SIGTERM, then SIGKILL) when the test ends. ``NodeProcess.log()`` shows what it said.
+  process with ROS parameters (and a namespace), logs to a file under the test's tmp dir, and stops
+  them all together (SIGINT, then SIGTERM, then SIGKILL) when the test ends. ``NodeProcess.log()`` shows what it said.
 - ``tiny_checkpoints``: tiny real checkpoints of an arm and a quadrotor task, built once per session.
 """
 
@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 pytest.importorskip("rclpy")
-from ros_nodes.harness import NodeProcess, SpunNode, isolate, wait_until  # noqa: E402
+from ros_nodes.harness import NodeProcess, SpunNode, isolate, stop_all, wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,14 +46,13 @@ def launch_node(ros_domain, tmp_path):
     """Factory: ``launch_node("robopolicy-policy-node", {"checkpoint": ..., "profile": ...})``."""
     started: list[NodeProcess] = []
 
-    def start(executable: str, params: dict, extra_env: dict | None = None) -> NodeProcess:
-        proc = NodeProcess(executable, params, tmp_path / f"{executable}-{len(started)}.log", extra_env)
+    def start(executable: str, params: dict, extra_env: dict | None = None, namespace: str = "") -> NodeProcess:
+        proc = NodeProcess(executable, params, tmp_path / f"{executable}-{len(started)}.log", extra_env, namespace)
         started.append(proc)
         return proc
 
     yield start
-    for proc in reversed(started):
-        proc.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="session")

@@ -6,57 +6,23 @@ node's commands, status and metrics.
 
 import json
 import shutil
-import threading
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped  # noqa: E402
-from nav_msgs.msg import Odometry  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
+from geometry_msgs.msg import TwistStamped  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from robopolicy.store import DemoStore  # noqa: E402
 from ros_nodes import convert  # noqa: E402
 from ros_nodes.qos import STATUS_QOS  # noqa: E402
 from tests.ros.conftest import wait_for  # noqa: E402
-
-ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
-
-
-class Sensors:
-    """Publishes ``make(now) -> [(publisher, msg), ...]`` at ``rate_hz`` until paused or stopped."""
-
-    def __init__(self, ros, make, rate_hz):
-        self.ros, self.make, self.period = ros, make, 1.0 / rate_hz
-        self.running, self.stopped = threading.Event(), threading.Event()
-        self.running.set()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self):
-        while not self.stopped.is_set():
-            if self.running.is_set():
-                now = self.ros.node.get_clock().now().nanoseconds * 1e-9
-                for pub, msg in self.make(now):
-                    pub.publish(msg)
-            time.sleep(self.period)
-
-    def stop(self):
-        self.stopped.set()
-        self.thread.join()
-
-
-def first_state(store) -> np.ndarray:
-    return np.asarray(DemoStore.open(store).load(["state"])["state"][0], dtype=np.float64)
-
-
-def status_of(statuses):
-    return json.loads(statuses[-1][1].data)["state"] if statuses else None
+from tests.ros.sensors import ARM_JOINTS, Sensors, arm_sensors, first_state, quadrotor_sensors, status_of  # noqa: E402
 
 
 def listen(ros, command_class, command_topic):
@@ -87,11 +53,23 @@ def test_refuses_a_checkpoint_the_robot_cannot_serve(launch_node, tiny_checkpoin
     assert "observation keys ['image_wrist'] are not supplied by this robot" in other.log()
 
 
+def test_the_refusal_check_reads_config_json_without_torch(tiny_checkpoints):
+    """Refusing is instant: the node and the check it runs before loading weights never import torch."""
+    ckpt, _ = tiny_checkpoints["quadrotor"]
+    code = ("import sys, ros_nodes.policy_node\n"
+            "from hardware.profile import check_checkpoint, load_profile\n"
+            "from robopolicy.train.checkpoint_config import read_config\n"
+            f"check_checkpoint(load_profile('sim_quadrotor'), read_config({str(ckpt)!r}))\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_quadrotor_estop_reset_and_hover_on_stale_odometry(launch_node, ros_node, tiny_checkpoints):
     ckpt, store = tiny_checkpoints["quadrotor"]
     state = first_state(store)
-    odom_pub = ros_node.node.create_publisher(Odometry, "odom", 10)
-    sensors = Sensors(ros_node, lambda now: [(odom_pub, convert.state_to_odometry(state, now))], 50.0)
+    sensors = Sensors(ros_node, quadrotor_sensors(ros_node, state), 50.0)
     commands, statuses, metrics = listen(ros_node, TwistStamped, "cmd_vel")
     node = launch_node("robopolicy-policy-node", {"checkpoint": ckpt, "profile": "sim_quadrotor",
                                                   "torch_threads": 1})
@@ -133,16 +111,7 @@ def test_quadrotor_estop_reset_and_hover_on_stale_odometry(launch_node, ros_node
 def test_arm_estop_and_silence_on_stale_input(launch_node, ros_node, tiny_checkpoints):
     ckpt, store = tiny_checkpoints["arm"]
     state = first_state(store)  # a real Lift-joint state: ee pose | fingers | joints | cube
-    pubs = {t: ros_node.node.create_publisher(c, t, 10) for t, c in
-            (("joint_states", JointState), ("ee_pose", PoseStamped), ("object_poses", PoseArray))}
-
-    def make(now):
-        joints = convert.joint_state(ARM_JOINTS + ["panda_finger_joint1", "panda_finger_joint2"],
-                                     np.concatenate([state[9:16], state[7:9]]), now)
-        return [(pubs["joint_states"], joints), (pubs["ee_pose"], convert.pose_stamped(state[:7], now)),
-                (pubs["object_poses"], convert.array_to_posearray(state[16:], now))]
-
-    sensors = Sensors(ros_node, make, 20.0)
+    sensors = Sensors(ros_node, arm_sensors(ros_node, state), 20.0)
     commands, statuses, _ = listen(ros_node, JointTrajectory, "joint_trajectory")
     node = launch_node("robopolicy-policy-node", {"checkpoint": ckpt, "profile": "sim_panda", "torch_threads": 1})
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import signal
+import subprocess
 import threading
 import time
 
@@ -19,7 +20,7 @@ from std_msgs.msg import String  # noqa: E402
 from robopolicy.store import DemoStore, EpisodeWriter  # noqa: E402
 from ros_nodes import convert  # noqa: E402
 from ros_nodes.qos import COMMAND_QOS, STATUS_QOS  # noqa: E402
-from tests.ros.live import trigger, wait_alive  # noqa: E402
+from ros_nodes.harness import BIN, wait_alive  # noqa: E402
 
 HOVER = "robopolicy/quadrotor-hover-v0"
 LIFT = "robopolicy/robosuite-Lift-joint-v0"
@@ -51,7 +52,7 @@ def start_when_ready(ros, node, timeout: float = 30.0) -> str:
     replies = []
 
     def accepted():
-        replies.append(trigger(ros, "recorder/start"))
+        replies.append(ros.trigger("recorder/start"))
         return replies[-1][0] or time.sleep(0.2)
 
     wait_alive(accepted, timeout, "recorder/start to accept", node)
@@ -63,7 +64,7 @@ def test_records_commits_discards_and_survives_sigkill(launch_node, ros_node, tm
     recorder = launch_node("robopolicy-recorder", {"store": str(store), "profile": "sim_quadrotor",
                                                    "task": HOVER, "teleop": "scripted"})
     wait_alive(lambda: ros_node.node.count_subscribers("odom") > 0, 30, "the recorder to subscribe", recorder)
-    ok, message = trigger(ros_node, "recorder/start")  # nothing is publishing yet
+    ok, message = ros_node.trigger("recorder/start")  # nothing is publishing yet
     assert not ok
     assert "no message yet on ['odom']" in message and "no command yet on 'cmd_vel'" in message
 
@@ -77,22 +78,22 @@ def test_records_commits_discards_and_survives_sigkill(launch_node, ros_node, tm
                    "the simulated flight to start", bridge)
         start_when_ready(ros_node, recorder)
         time.sleep(1.0)
-        ok, message = trigger(ros_node, "recorder/stop")
+        ok, message = ros_node.trigger("recorder/stop")
         assert ok and message.startswith("committed episode 0"), message
 
-        assert trigger(ros_node, "recorder/start")[0]
+        assert ros_node.trigger("recorder/start")[0]
         time.sleep(0.3)
-        ok, message = trigger(ros_node, "recorder/discard")
+        ok, message = ros_node.trigger("recorder/discard")
         assert ok and message.startswith("discarded"), message
 
         pilot.value = np.array([-0.2, 0.1, 0.0, 0.5])
         time.sleep(0.2)  # the new set point reaches the recorder before the episode starts
-        assert trigger(ros_node, "recorder/start")[0]
+        assert ros_node.trigger("recorder/start")[0]
         time.sleep(0.8)
-        ok, message = trigger(ros_node, "recorder/stop")
+        ok, message = ros_node.trigger("recorder/stop")
         assert ok and message.startswith("committed episode 1"), message
 
-        assert trigger(ros_node, "recorder/start")[0]  # an episode that will never be committed
+        assert ros_node.trigger("recorder/start")[0]  # an episode that will never be committed
         time.sleep(0.5)
         recorder.process.send_signal(signal.SIGKILL)
         recorder.wait_exit(10)
@@ -140,7 +141,7 @@ def test_records_commits_discards_and_survives_sigkill(launch_node, ros_node, tm
     try:
         start_when_ready(ros_node, recorder)
         time.sleep(0.3)
-        assert trigger(ros_node, "recorder/stop")[0]
+        assert ros_node.trigger("recorder/stop")[0]
     finally:
         pilot.stop()
         recorder.stop()
@@ -212,3 +213,22 @@ def test_teleop_drives_the_sim_arm_and_the_recorder(launch_node, ros_node, tmp_p
         assert topics == ["/ee_pose", "/joint_states", "/joint_states", "/object_poses"]  # one cube pose
         assert s.attrs["ros"]["command"]["topic"] == "/joint_trajectory"
         assert s.attrs["provenance"]["source"] == "teleop"
+
+    # The recorded store is training data as it stands: `robopolicy train` takes it, and the checkpoint it
+    # writes loads, predicts a chunk from the recorded observations, and is accepted by the same robot.
+    run = tmp_path / "run"
+    train = subprocess.run([str(BIN / "robopolicy"), "train", "--store", str(store), "--policy", "diffusion",
+                            "--config", "cpu", "--steps", "3", "--batch-size", "4", "--val-episodes", "0",
+                            "--out", str(run)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert train.returncode == 0, train.stdout + train.stderr
+    from hardware.profile import check_checkpoint, load_profile
+    from robopolicy.runtime.runner import PolicyRunner
+    from robopolicy.train.checkpoint_config import read_config
+
+    config = read_config(run)
+    assert config["step"] == 3 and config["action_semantics"] == "joint_pos" and config["obs_keys"] == ["state"]
+    check_checkpoint(load_profile("sim_panda"), config)  # raises if the robot could not run it
+    runner = PolicyRunner.from_checkpoint(run / "latest", "cpu")
+    action = runner.act({"state": state[0]})
+    assert action.shape == (8,) and np.all(np.isfinite(action))

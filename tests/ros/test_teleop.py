@@ -19,7 +19,7 @@ from ros_nodes import convert  # noqa: E402
 from ros_nodes.qos import COMMAND_QOS, SENSOR_QOS  # noqa: E402
 from ros_nodes.teleop import JointJog, QuadrotorMapping  # noqa: E402
 from tests.ros.conftest import wait_for  # noqa: E402
-from tests.ros.live import wait_alive  # noqa: E402
+from ros_nodes.harness import wait_alive  # noqa: E402
 
 PANDA = load_profile("sim_panda")
 ARM_JOINTS = list(PANDA.action_names[:-1])

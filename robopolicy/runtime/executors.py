@@ -7,12 +7,15 @@ Time is counted in control ticks. A chunk ``(H, A)`` predicted from the observat
 never to a latency estimate (deployment notes §0): they skip the elapsed prefix.
 
 - ``naive``: run ``Ta`` actions from the landing tick (fewer if the horizon ends first), then re-plan.
-  The node asks for the next chunk ``latency_ticks`` before the current one runs out, so the next
-  one lands just in time; it then replaces what is left of the old one.
+  The node asks for the next chunk ``latency_ticks`` before those run out, so the next one lands
+  just in time; it then replaces what is left of the old one. When the next chunk is late (an
+  inference spike on a busy computer), the old one keeps running on its predicted horizon, up to
+  ``H - To`` ticks past its observation, rather than leaving ticks without an action (which hover a
+  quadrotor or stop an arm mid-motion); those ticks are counted in ``overrun_ticks``.
 - ``temporal_ensemble`` (ACT): re-plan whenever the worker is free; every chunk that covers tick ``j``
   votes, weighted ``exp(-m * i)`` with ``i = 0`` the oldest (ACT's convention).
 
-Pure Python and numpy, no ROS: the policy node drives it, tests drive it with plain integers.
+Pure Python and numpy, no ROS, no torch: the ROS policy node drives it, tests drive it with plain integers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Chunk:
     obs_tick: int  # the tick of the newest observation it was predicted from
     first: int  # the first tick it may run (its landing tick)
     last: int  # the last tick it may run
+    planned: int = -1  # naive: the last tick of its Ta planned steps (later ones only if the next is late)
 
     def action(self, tick: int, n_obs_steps: int) -> np.ndarray:
         return self.actions[n_obs_steps - 1 + tick - self.obs_tick]
@@ -50,6 +54,7 @@ class NaiveExecutor:
     def reset(self) -> None:
         self.chunk: Chunk | None = None
         self.dropped = 0  # chunks that landed after their whole horizon had passed
+        self.overrun_ticks = 0  # ticks run past a chunk's Ta steps because the next one was late
 
     def horizon_end(self, obs_tick: int) -> int:
         """The last tick a chunk from ``obs_tick`` has an action for."""
@@ -57,16 +62,16 @@ class NaiveExecutor:
 
     def add(self, actions: np.ndarray, obs_tick: int, landed: int) -> bool:
         """Adopt a chunk that landed at tick ``landed``. False (and dropped) if it is entirely stale."""
-        last = min(landed + self.Ta - 1, self.horizon_end(obs_tick))
-        if last < landed:
+        first, last = _first_tick(obs_tick, landed), self.horizon_end(obs_tick)
+        if last < first:
             self.dropped += 1
             return False
-        self.chunk = Chunk(np.asarray(actions), obs_tick, landed, last)
+        self.chunk = Chunk(np.asarray(actions), obs_tick, first, last, planned=min(first + self.Ta - 1, last))
         return True
 
     def remaining(self, tick: int) -> int:
-        """Actions left for ticks ``tick`` onwards."""
-        return 0 if self.chunk is None else max(self.chunk.last - max(tick, self.chunk.first) + 1, 0)
+        """Planned actions left for ticks ``tick`` onwards (the ``Ta`` steps; not the fallback tail)."""
+        return 0 if self.chunk is None else max(self.chunk.planned - max(tick, self.chunk.first) + 1, 0)
 
     def needs_chunk(self, tick: int, latency_ticks: int) -> bool:
         return self.remaining(tick) <= latency_ticks
@@ -75,6 +80,8 @@ class NaiveExecutor:
         c = self.chunk
         if c is None or not c.first <= tick <= c.last:
             return None
+        if tick > c.planned:
+            self.overrun_ticks += 1
         return c.action(tick, self.To)
 
 
@@ -92,11 +99,11 @@ class TemporalEnsembleExecutor:
         self.dropped = 0
 
     def add(self, actions: np.ndarray, obs_tick: int, landed: int) -> bool:
-        last = obs_tick + self.H - self.To
-        if last < landed:
+        first, last = _first_tick(obs_tick, landed), obs_tick + self.H - self.To
+        if last < first:
             self.dropped += 1
             return False
-        self.chunks.append(Chunk(np.asarray(actions), obs_tick, landed, last))
+        self.chunks.append(Chunk(np.asarray(actions), obs_tick, first, last))
         return True
 
     def remaining(self, tick: int) -> int:
@@ -112,6 +119,12 @@ class TemporalEnsembleExecutor:
             return None
         weights = np.exp(-self.m * np.arange(len(votes)))
         return np.tensordot(weights / weights.sum(), np.stack(votes), axes=1)
+
+
+def _first_tick(obs_tick: int, landed: int) -> int:
+    """The first tick a chunk may run: where it landed, but never before its own observation's tick (a
+    publisher running late can report a landing tick behind the sampler's)."""
+    return max(landed, obs_tick)
 
 
 def make_executor(name: str, n_obs_steps: int, n_action_steps: int, horizon: int, **kwargs):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ros_nodes.executors import NaiveExecutor, TemporalEnsembleExecutor, make_executor
+from robopolicy.runtime.executors import NaiveExecutor, TemporalEnsembleExecutor, make_executor
 
 
 def chunk(obs_tick, H=16, A=2):
@@ -18,15 +18,33 @@ def test_naive_skips_the_ticks_that_elapsed_and_runs_ta_steps():
     assert ex.add(chunk(10), obs_tick=10, landed=13)  # 3 ticks of inference
     assert ex.action(12) is None  # before it landed
     assert [ex.action(t)[0] for t in range(13, 21)] == list(range(13, 21))  # aligned: tick t runs action t
-    assert ex.action(21) is None and ex.remaining(13) == 8
+    assert ex.remaining(13) == 8 and ex.remaining(21) == 0 and ex.overrun_ticks == 0
     assert not ex.needs_chunk(17, latency_ticks=3) and ex.needs_chunk(18, latency_ticks=3)
+
+
+def test_naive_runs_the_horizon_tail_while_the_next_chunk_is_late():
+    ex = NaiveExecutor(n_obs_steps=2, n_action_steps=8, horizon=16)
+    ex.add(chunk(10), obs_tick=10, landed=13)  # planned: ticks 13..20; horizon ends at 10 + 16 - 2 = 24
+    assert [ex.action(t)[0] for t in range(21, 25)] == [21, 22, 23, 24]  # still aligned, past Ta
+    assert ex.overrun_ticks == 4 and ex.action(25) is None  # nothing beyond the predicted horizon
+    ex.add(chunk(22), obs_tick=22, landed=25)  # the late chunk replaces it
+    assert ex.action(25)[0] == 25 and ex.overrun_ticks == 4
 
 
 def test_naive_caps_at_the_horizon_and_drops_a_chunk_that_is_all_stale():
     ex = NaiveExecutor(2, 8, 16)
     assert ex.add(chunk(0), 0, landed=10)
-    assert ex.chunk.last == 14  # the horizon's last tick: obs tick + H - To
+    assert ex.chunk.planned == 14 and ex.chunk.last == 14  # capped at the horizon's last tick: obs tick + H - To
     assert not ex.add(chunk(0), 0, landed=15) and ex.dropped == 1
+
+
+def test_a_chunk_never_runs_before_its_own_observation_tick():
+    """A late publisher may report a landing tick behind the sampler's tick: those ticks get no action
+    (never the chunk's past rows, nor an index below zero)."""
+    for ex in (NaiveExecutor(2, 2, 4), TemporalEnsembleExecutor(2, 2, 4)):
+        assert ex.add(chunk(10, H=4), obs_tick=10, landed=3)
+        assert ex.action(9) is None and ex.action(10)[0] == 10 and ex.action(12)[0] == 12
+        assert ex.action(13) is None
 
 
 def test_temporal_ensemble_averages_overlapping_chunks_oldest_weighted_most():
