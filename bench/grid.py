@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import math
 import os
 import shutil
 import statistics

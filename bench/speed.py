@@ -26,7 +26,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import floor  # noqa: E402
