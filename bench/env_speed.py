@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per task, low-dim")
     parser.add_argument("--camera-steps", type=int, default=60, help="timed steps per task with cameras")
-    parser.add_argument("--episodes", type=int, default=8, help="evaluation episodes per worker count")
+    parser.add_argument("--episodes", type=int, default=24, help="evaluation episodes per worker count")
     parser.add_argument("--checkpoint", default=str(CHECKPOINT))
     parser.add_argument("--eval-task", default="metaworld-push-v3")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, 2 episodes")
