@@ -37,10 +37,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -51,6 +49,7 @@ from hardware.safety import SafetyFilter
 from ros_nodes import convert
 from ros_nodes.observation import ObservationAssembler
 from ros_nodes.params import declare_config
+from ros_nodes.spin import spin_node
 from ros_nodes.qos import COMMAND_QOS, STATUS_QOS, for_source
 
 LATENCY_WINDOW = 2000  # samples kept for the latency percentiles in policy/metrics
@@ -430,32 +429,8 @@ def _ms(seconds):
     return None if seconds is None else round(seconds * 1e3, 3)
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-    except (CheckpointMismatchError, ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
-        print(f"robopolicy-policy-node: refused to start: {e}", file=sys.stderr, flush=True)
-        if rclpy.ok():
-            rclpy.shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():  # a real error; otherwise SIGINT shut the context down mid-spin
-            raise
-    finally:
-        node.shutdown()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+def main() -> int:
+    return spin_node(PolicyNode, "robopolicy-policy-node", refusals=(CheckpointMismatchError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

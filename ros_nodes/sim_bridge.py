@@ -40,10 +40,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -53,6 +51,7 @@ from trajectory_msgs.msg import JointTrajectory
 from hardware.profile import load_profile
 from ros_nodes import convert
 from ros_nodes.params import declare_config
+from ros_nodes.spin import spin_node
 from ros_nodes.qos import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
 
 # The robosuite Panda's state layout (sim/robosuite_tasks.py) and the joint names of profile sim_panda.
@@ -331,31 +330,8 @@ def _jsonable(value) -> bool:
     return isinstance(value, (bool, int, float, str)) or value is None
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = SimBridge()
-    except (ValueError, KeyError) as e:
-        print(f"robopolicy-sim-bridge: refused to start: {e}", file=sys.stderr, flush=True)
-        if rclpy.ok():
-            rclpy.shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():  # a real error; otherwise SIGINT shut the context down mid-spin
-            raise
-    finally:
-        node.shutdown()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+def main() -> int:
+    return spin_node(SimBridge, "robopolicy-sim-bridge", refusals=(ValueError, KeyError))
 
 
 if __name__ == "__main__":

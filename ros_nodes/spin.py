@@ -1,0 +1,42 @@
+"""The one way our threaded nodes run: build, spin on a multi-threaded executor, shut down cleanly.
+
+A node that cannot start (a checkpoint the robot cannot serve, an unknown task) exits with code 2 and one
+line on stderr saying why, rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+
+def spin_node(make_node: Callable[[], "rclpy.node.Node"], program: str,
+              refusals: tuple[type[BaseException], ...], threads: int = 2) -> int:
+    """Builds the node (refusals -> exit code 2), spins it until SIGINT/shutdown, then calls its shutdown()."""
+    rclpy.init()
+    try:
+        node = make_node()
+    except refusals as e:
+        print(f"{program}: refused to start: {e}", file=sys.stderr, flush=True)
+        if rclpy.ok():
+            rclpy.shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=threads)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if rclpy.ok():  # a real error; otherwise SIGINT shut the context down mid-spin
+            raise
+    finally:
+        node.shutdown()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
