@@ -178,24 +178,28 @@ def test_teleop_drives_the_sim_arm_and_the_recorder(launch_node, ros_node, tmp_p
                    recorder, teleop)
 
         def press_enter_until_recording():
-            os.write(master, b"\n")  # Enter: teleop calls recorder/start (refused until every topic is live)
-            time.sleep(0.5)
+            # Enter: teleop calls recorder/start, refused until every topic is live. On a loaded machine the
+            # status saying so can lag a press, and a second press would then stop a started episode and
+            # start another: wait long enough, and take the last episode below rather than the first.
+            os.write(master, b"\n")
+            time.sleep(1.5)
             return status().get("recording")
 
         wait_alive(press_enter_until_recording, 60, "recording to start", bridge, recorder, teleop)
+        committed = status()["episodes"]
         for _ in range(12):  # hold '1' (joint 1 up) for 1.2 s, as a terminal's key repeat does
             os.write(master, b"1")
             time.sleep(0.1)
         os.write(master, b"\n")  # Enter again: stop and commit
-        wait_alive(lambda: status().get("episodes") == 1 and not status().get("recording"), 20,
+        wait_alive(lambda: status().get("episodes") == committed + 1 and not status().get("recording"), 30,
                    "the episode to be committed", recorder)
     finally:
         os.close(master)
         os.close(slave)
 
     with DemoStore.open(store) as s:
-        assert s.n_episodes == 1 and s.action_semantics == "joint_pos" and s.control_rate_hz == 20.0
-        episode = s.episode(0)
+        assert s.n_episodes == committed + 1 and s.action_semantics == "joint_pos" and s.control_rate_hz == 20.0
+        episode = s.episode(committed)
         n = len(episode["action"])
         assert n >= 20
         action, state = episode["action"], episode["state"]
