@@ -6,7 +6,9 @@ Three threads besides the rclpy executor (which only stores messages and answers
                                │
     sampler (control rate) ────┴─► history of To observations, tagged with the control tick
                                           │
-    inference worker ◄────────────────────┘  predict (H, A) chunk, off every ROS callback
+    inference worker ◄────────────────────┘  predict (H, A) chunk, off every ROS callback, in a process of
+          │                                 its own by default (RunnerProcess: the model's thousands of
+          │                                 small ops never hold this process's GIL)
           │ chunk, obs tick, landing tick
           ▼
     executor (naive | temporal_ensemble): the action for tick j, aligned to the ticks that elapsed
@@ -70,6 +72,7 @@ class PolicyNodeConfig:
     warmup: int = 2  # inferences before going live
     seed: int = 0  # sampling noise
     torch_threads: int = 0  # 0: leave torch's default
+    inference_process: bool = True  # run the model in a worker process: its GIL never stalls the control loop
     ensemble_m: float = 0.01  # temporal_ensemble: weight exp(-m * i), i = 0 the oldest chunk
     command_topic: str = ""  # default: the profile's command topic
     metrics_period_s: float = 1.0
@@ -98,15 +101,9 @@ class PolicyNode(Node):
         self.rate_hz = float(cfg.control_rate_hz) if cfg.control_rate_hz > 0 else profile.control_rate_hz
         self.period = 1.0 / self.rate_hz
 
-        import torch
-
         from robopolicy.runtime.executors import make_executor
-        from robopolicy.runtime.runner import PolicyRunner
 
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
-        self.runner = PolicyRunner.from_checkpoint(resolve_checkpoint(cfg.checkpoint), cfg.device,
-                                                   cfg.sampler or None, cfg.num_inference_steps or None, cfg.seed)
+        self.runner = self._load_runner(resolve_checkpoint(cfg.checkpoint))
         pc = self.runner.config
         self.To, self.Ta, self.H = pc.n_obs_steps, pc.n_action_steps, pc.horizon
         kwargs = {"m": cfg.ensemble_m} if cfg.executor == "temporal_ensemble" else {}
@@ -166,6 +163,26 @@ class PolicyNode(Node):
             f"{self.rate_hz:g} Hz, executor {cfg.executor}, sampler {self.runner.sampler}, "
             f"To={self.To} H={self.H} Ta={self.Ta}, commands on {topic!r}")
 
+    def _load_runner(self, checkpoint):
+        """A PolicyRunner, in a worker process unless `inference_process` is false (then torch loads here)."""
+        cfg = self.cfg
+        from robopolicy.runtime.process import RunnerProcess, RunnerSpec
+
+        spec = RunnerSpec(str(checkpoint), cfg.device, cfg.sampler or None, cfg.num_inference_steps or None,
+                          cfg.seed, torch_threads=cfg.torch_threads)
+        if cfg.inference_process:
+            runner = RunnerProcess(spec)
+            self.get_logger().info(f"inference in worker process {runner.pid}")
+            return runner
+        import torch
+
+        from robopolicy.runtime.runner import PolicyRunner
+
+        if spec.torch_threads > 0:
+            torch.set_num_threads(spec.torch_threads)
+        return PolicyRunner.from_checkpoint(spec.checkpoint, spec.device, spec.sampler,
+                                            spec.num_inference_steps, spec.seed)
+
     def _guarded(self, loop) -> None:
         """Run a thread's loop; a publish that fails because Ctrl-C shut the context down ends it quietly."""
         try:
@@ -196,10 +213,8 @@ class PolicyNode(Node):
                for k, s in self.runner.obs_shapes.items()}
         for i in range(max(self.cfg.warmup, 0)):
             start = time.perf_counter()
-            self.runner.reset()
-            self.runner.history.append(obs)
             try:
-                self.runner.predict_chunk()
+                self.runner.predict_from([obs])
             except Exception:
                 pass  # zeros may be outside the normaliser's range; the timing is what counts
             if i > 0:
@@ -299,9 +314,7 @@ class PolicyNode(Node):
                 if self.reset_runner.is_set():  # policy/reset: recurrent state and noise seed, on this thread
                     self.reset_runner.clear()
                     self.runner.reset(self.cfg.seed)
-                self.runner.history.clear()
-                self.runner.history.extend(f[1] for f in frames)
-                chunk = self.runner.predict_chunk()
+                chunk = self.runner.predict_from([f[1] for f in frames])
             except Exception as e:
                 self.m["inference_errors"] += 1
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=2.0)
@@ -423,6 +436,8 @@ class PolicyNode(Node):
             self.wake.notify_all()
         for t in getattr(self, "threads", []):
             t.join(timeout=2.0)
+        if hasattr(getattr(self, "runner", None), "close"):
+            self.runner.close()
 
 
 def _ms(seconds):

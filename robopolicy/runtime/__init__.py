@@ -1,7 +1,8 @@
-"""Runtime: PolicyRunner (observation history -> chunk -> executed actions) and the chunk executors.
+"""Runtime: PolicyRunner (observation history -> chunk -> executed actions), the chunk executors, and
+RunnerProcess (a runner in a worker process).
 
-The runner is imported lazily so that `robopolicy.runtime.executors` (pure numpy) loads without torch,
-e.g. in the ROS node before it has checked a checkpoint against the robot.
+The runner is imported lazily so that `robopolicy.runtime.executors` (pure numpy) and
+`robopolicy.runtime.process` load without torch, e.g. in the ROS node, whose inference runs in a worker.
 """
 
 __all__ = ["CheckpointPolicy", "ObservationError", "PolicyRunner"]

@@ -92,6 +92,13 @@ class PolicyRunner:
             self.queue.extend(chunk[start : start + self.config.n_action_steps])
         return self.queue.popleft()
 
+    def predict_from(self, frames) -> np.ndarray:
+        """Chunk (H, A) from these observation frames (oldest first, at most To) in place of the history: for
+        callers that keep their own history, such as the ROS node."""
+        self.history.clear()
+        self.history.extend(frames)
+        return self.predict_chunk()
+
     def predict_chunk(self) -> np.ndarray:
         """Whole un-normalised chunk (H, A) from the current history (the first frame repeats until To arrive)."""
         frames = list(self.history)

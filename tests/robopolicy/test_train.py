@@ -61,6 +61,35 @@ def test_trained_policy_reaches_the_goal_through_the_runner(trained):
     assert np.median(errors) < 0.25 * np.median(starts), (errors, starts)
 
 
+def test_runner_process_predicts_what_the_runner_predicts(trained, tmp_path):
+    """The ROS node's inference worker: the same chunks as an in-process runner with the same seed, errors
+    reported with the worker's own message, and a worker that serves on after one and exits on close."""
+    from robopolicy.runtime import PolicyRunner
+    from robopolicy.runtime.process import RunnerProcess, RunnerProcessError, RunnerSpec
+
+    out, _ = trained
+    episode = reach_episode(np.random.default_rng(5), 10)
+    frames = [{"state": episode["state"][i]} for i in (3, 4)]
+    local = PolicyRunner.from_checkpoint(out, seed=7)
+    expected = [local.predict_from(frames), local.predict_from(frames)]
+    with RunnerProcess(RunnerSpec(str(out), seed=7, torch_threads=1)) as worker:
+        assert worker.obs_shapes == {"state": (4,)} and worker.config.horizon == local.config.horizon
+        assert worker.sampler == local.sampler and worker.nfe == local.nfe
+        first = worker.predict_from(frames)
+        np.testing.assert_allclose(first, expected[0], atol=1e-5)
+        np.testing.assert_allclose(worker.predict_from(frames), expected[1], atol=1e-5)
+        assert not np.allclose(expected[0], expected[1])  # fresh noise per chunk: not a vacuous comparison
+        worker.reset(7)
+        np.testing.assert_allclose(worker.predict_from(frames), first, atol=1e-5)
+        with pytest.raises(RunnerProcessError, match="'state'"):
+            worker.predict_from([{"image_top": np.zeros((8, 8, 3), np.uint8)}])
+        np.testing.assert_allclose(worker.predict_from(frames).shape, first.shape)  # still serving
+        process = worker._process
+    assert not process.is_alive()
+    with pytest.raises(RunnerProcessError, match="loading .*nowhere"):
+        RunnerProcess(RunnerSpec(str(tmp_path / "nowhere")))
+
+
 def test_checkpoint_loads_without_unpickling(trained, monkeypatch):
     out, _ = trained
 

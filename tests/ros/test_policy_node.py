@@ -5,10 +5,12 @@ node's commands, status and metrics.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +83,9 @@ def test_quadrotor_estop_reset_and_hover_on_stale_odometry(launch_node, ros_node
         wait_for(lambda: status_of(statuses) == "live" and len(commands) > 20 and np.any(recent() != 0.0), 90,
                  what="live commands from the policy")
         assert np.all(np.abs(recent()) <= 1.0)  # within the profile limits
+        # Inference runs in a worker process (the default): torch is loaded there, never in the node.
+        worker = int(re.search(r"inference in worker process (\d+)", node.log()).group(1))
+        assert loads_torch(worker) and not loads_torch(node.process.pid)
 
         reply = ros_node.call(Trigger, "policy/estop")
         assert reply.success and "latched" in reply.message
@@ -114,14 +119,22 @@ def test_quadrotor_estop_reset_and_hover_on_stale_odometry(launch_node, ros_node
     assert node.running(), node.log()
 
 
+def loads_torch(pid: int) -> bool:
+    """Whether the process has torch's C++ library mapped."""
+    return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_arm_estop_and_silence_on_stale_input(launch_node, ros_node, tiny_checkpoints):
     ckpt, store = tiny_checkpoints["arm"]
     state = first_state(store)  # a real Lift-joint state: ee pose | fingers | joints | cube
     sensors = Sensors(ros_node, arm_sensors(ros_node, state), 20.0)
     commands, statuses, _ = listen(ros_node, JointTrajectory, "joint_trajectory")
-    node = launch_node("robopolicy-policy-node", {"checkpoint": ckpt, "profile": "sim_panda", "torch_threads": 1})
+    # The in-process runner (inference_process false), the choice for a node that owns its GPU.
+    node = launch_node("robopolicy-policy-node", {"checkpoint": ckpt, "profile": "sim_panda", "torch_threads": 1,
+                                                  "inference_process": False})
     try:
         wait_for(lambda: len(commands) > 10, 90, what="joint trajectories")
+        assert loads_torch(node.process.pid) and "worker process" not in node.log()
         msg = commands[-1][1]
         assert msg.joint_names == ARM_JOINTS + ["panda_gripper"]  # gripper last, in the same message
         assert len(msg.points) == 1 and convert.duration_to_seconds(msg.points[0].time_from_start) == 0.05
