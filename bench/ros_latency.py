@@ -50,6 +50,8 @@ ROBOTS = {
     "arm": {"task": "robopolicy/robosuite-Lift-joint-v0", "profile": "sim_panda", "rate_hz": 50.0},
     "quadrotor": {"task": "robopolicy/quadrotor-hover-v0", "profile": "sim_quadrotor", "rate_hz": 100.0},
 }
+INFERENCE = {"worker": "the node's inference worker process (inference_process:=true, the default)",
+             "in-process": "a thread of the node's own process (inference_process:=false)"}
 POLICIES = {  # name: (policy, run dir suffix, sampler, steps)
     "DP DDIM-10": ("diffusion", "diffusion-cpu-1000", "ddim", 10),
     "flow Euler-4": ("flow", "flow-cpu-300", "euler", 4),
@@ -73,7 +75,8 @@ def checkpoint(robot: str, policy_label: str) -> Path:
     return run / "latest"
 
 
-def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s: float, log_dir: Path) -> dict:
+def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s: float, log_dir: Path,
+            inference: str = "worker") -> dict:
     """One closed-loop run: bridge + policy node; the commands and the node's metrics over ``seconds``."""
     from geometry_msgs.msg import TwistStamped
     from std_msgs.msg import String
@@ -91,22 +94,24 @@ def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s:
     commands = ros.collect(JointTrajectory if is_arm else TwistStamped, "joint_trajectory" if is_arm else "cmd_vel",
                            100)
     metrics = ros.collect(String, "policy/metrics", 10)
-    tag = f"{robot}-{POLICIES[policy_label][0]}"
+    tag = f"{robot}-{POLICIES[policy_label][0]}-{inference}"
     nodes = [NodeProcess("robopolicy-sim-bridge", {"task": spec["task"], "rate_scale": spec["rate_hz"] / task_rate,
                                                    "max_steps": 1_000_000}, log_dir / f"latency-{tag}-bridge.log"),
              NodeProcess("robopolicy-policy-node", {"checkpoint": ckpt, "profile": spec["profile"],
                                                     "control_rate_hz": spec["rate_hz"], "sampler": sampler,
-                                                    "num_inference_steps": steps, "torch_threads": 1},
+                                                    "num_inference_steps": steps, "torch_threads": 1,
+                                                    "inference_process": inference == "worker"},
                          log_dir / f"latency-{tag}-policy.log")]
     try:
         wait_alive(lambda: len(commands) > 20, 180, "commands", *nodes)
         time.sleep(warmup_s)
-        load_before, cpu_before = os.getloadavg(), [_cpu_seconds(n) for n in nodes]
+        processes = [nodes[0].process.pid, nodes[1].process.pid, *_children(nodes[1].process.pid)]
+        load_before, cpu_before = os.getloadavg(), [_cpu_seconds(pid) for pid in processes]
         start_metrics = json.loads(metrics[-1][1].data)
         mark, t_mark = len(commands), time.monotonic()
         time.sleep(seconds)
         window = commands[mark:]
-        load_after, cpu_after = os.getloadavg(), [_cpu_seconds(n) for n in nodes]
+        load_after, cpu_after = os.getloadavg(), [_cpu_seconds(pid) for pid in processes]
         wall = time.monotonic() - t_mark
         n_metrics = len(metrics)
         wait_alive(lambda: len(metrics) > n_metrics, 5, "metrics", *nodes)
@@ -126,7 +131,7 @@ def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s:
     counters = {k: end_metrics["counters"].get(k, 0) - start_metrics["counters"].get(k, 0)
                 for k in end_metrics["counters"]}
     return {
-        "robot": robot, "policy": policy_label, "task": spec["task"], "profile": spec["profile"],
+        "robot": robot, "policy": policy_label, "inference": inference, "task": spec["task"], "profile": spec["profile"],
         "checkpoint": str(ckpt), "rate_hz": spec["rate_hz"], "seconds": seconds, "commands": len(window),
         "e2e_latency_ms": _stats(samples), "e2e_latency_samples_ms": samples,
         "e2e_latency_window_ms": end_metrics["e2e_latency_ms"],  # the node's own, over its last 2000 chunks
@@ -138,15 +143,22 @@ def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s:
         "dds_delay_ms": _stats(delay_ms), "counters": counters,
         "load_avg_before": list(load_before), "load_avg_after": list(load_after),
         # CPU each process used over the window, in cores (1.0 = one core busy all the time)
+        # (the node's inference worker, when it has one, is its child process)
         "cpu_cores": {"bridge": round((cpu_after[0] - cpu_before[0]) / wall, 3),
-                      "policy_node": round((cpu_after[1] - cpu_before[1]) / wall, 3)},
+                      "policy_node": round((cpu_after[1] - cpu_before[1]) / wall, 3),
+                      "inference_worker": round((sum(cpu_after[2:]) - sum(cpu_before[2:])) / wall, 3)},
     }
 
 
-def _cpu_seconds(node) -> float:
-    """User + system CPU seconds of a node process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{node.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (the policy node's inference worker)."""
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
 def _stats(x) -> dict:
@@ -166,7 +178,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for r in rows:
-        label = f"{r['robot']} {r['rate_hz']:g} Hz, {r['policy']}"
+        label = f"{r['robot']} {r['rate_hz']:g} Hz, {r['policy']}, {r.get('inference', 'in-process')}"
         e2e = np.sort(r["e2e_latency_samples_ms"])
         if len(e2e):
             a.plot(e2e, np.linspace(0, 1, len(e2e)), label=label)
@@ -189,22 +201,25 @@ def write_markdown(result: dict, path: Path, plot_path: Path) -> None:
     lines = ["## ROS 2 policy node: latency and control rate", "",
              f"`flock /tmp/robopolicy-train.lock python bench/ros_latency.py --seconds {result['seconds']:g}` on "
              f"{m.get('cpu')} ({m.get('cores')} cores, shared with other jobs: load average in the table), torch "
-             f"{m.get('torch')}, one torch thread in the node. Closed loop: the sim bridge and the policy node are "
+             f"{m.get('torch')}, one torch thread for inference. Closed loop: the sim bridge and the policy node are "
              "separate processes over DDS on loopback; the node runs at the rate shown (the bridge steps faster than "
-             "real time to publish at that rate), naive executor. Latency is the node's: from the stamp of the "
+             "real time to publish at that rate), naive executor. Inference runs either in the node's worker "
+             "process (the default) or in a thread of the node itself (`inference_process:=false`), side by side "
+             "in one run. Latency is the node's: from the stamp of the "
              "observation a chunk was predicted from to the publish of that chunk's first command. Rate and jitter "
              "are the robot's view: intervals between commands as received.", "",
-             "| robot | rate | policy | obs -> command p50 / p99 (ms) | inference p50 / p95 (ms) | achieved rate (Hz) | "
-             "interval std / p99 (ms) | missed ticks | DDS delay p50 / p99 (ms) | load avg (1 min) | "
-             "CPU cores node / bridge |",
-             "|---|---:|---|---|---|---:|---|---:|---|---|---|"]
+             "| robot | rate | policy | inference | obs -> command p50 / p99 (ms) | inference p50 / p95 (ms) | "
+             "achieved rate (Hz) | interval std / p99 (ms) | missed ticks | DDS delay p50 / p99 (ms) | "
+             "load avg (1 min) | CPU cores node / worker / bridge |",
+             "|---|---:|---|---|---|---|---:|---|---:|---|---|---|"]
     for r in result["rows"]:
         e, i, iv, d = r["e2e_latency_ms"], r["inference_ms"], r["interval_received_ms"], r["dds_delay_ms"]
-        lines.append(f"| {r['robot']} ({r['profile']}) | {r['rate_hz']:g} Hz | {r['policy']} | "
+        cpu = r["cpu_cores"]
+        lines.append(f"| {r['robot']} ({r['profile']}) | {r['rate_hz']:g} Hz | {r['policy']} | {r['inference']} | "
                      f"{e['p50']} / {e['p99']} | {i['p50']} / {i['p95']} | {r['achieved_rate_hz']:.1f} | {iv['std']} / {iv['p99']} | "
                      f"{r['missed_ticks']} of {r['commands'] + r['missed_ticks']} | {d['p50']} / {d['p99']} | "
                      f"{r['load_avg_before'][0]:.2f} -> {r['load_avg_after'][0]:.2f} | "
-                     f"{r['cpu_cores']['policy_node']:.2f} / {r['cpu_cores']['bridge']:.2f} |")
+                     f"{cpu['policy_node']:.2f} / {cpu['inference_worker']:.2f} / {cpu['bridge']:.2f} |")
     rel = Path(os.path.relpath(plot_path, path.parent)).as_posix()
     lines += ["", "Missed ticks are ticks without a command, counted from the gaps between publish stamps: ticks the "
                   "publisher thread skipped because it woke more than a period late (a busy machine), and, for an "
@@ -221,6 +236,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of running before the window")
     parser.add_argument("--robots", nargs="+", default=list(ROBOTS), choices=list(ROBOTS))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--inference", nargs="+", default=list(INFERENCE), choices=list(INFERENCE),
+                        help="where the node runs the model: its worker process (the default) or in-process")
     args = parser.parse_args()
     from ros_nodes.harness import isolate
 
@@ -231,12 +248,13 @@ def main() -> None:
     for robot in args.robots:
         for label in args.policies:
             ckpt = checkpoint(robot, label)
-            print(f"{robot} at {ROBOTS[robot]['rate_hz']:g} Hz, {label}: {ckpt}", flush=True)
-            row = measure(robot, label, ckpt, args.seconds, args.warmup, log_dir)
-            rows.append(row)
-            e, iv = row["e2e_latency_ms"], row["interval_received_ms"]
-            print(f"  e2e p50/p99 {e['p50']}/{e['p99']} ms, rate {row['achieved_rate_hz']:.1f} Hz, "
-                  f"interval std/p99 {iv['std']}/{iv['p99']} ms, missed {row['missed_ticks']}", flush=True)
+            for inference in args.inference:
+                print(f"{robot} at {ROBOTS[robot]['rate_hz']:g} Hz, {label}, {inference}: {ckpt}", flush=True)
+                row = measure(robot, label, ckpt, args.seconds, args.warmup, log_dir, inference)
+                rows.append(row)
+                e, iv = row["e2e_latency_ms"], row["interval_received_ms"]
+                print(f"  e2e p50/p99 {e['p50']}/{e['p99']} ms, rate {row['achieved_rate_hz']:.1f} Hz, "
+                      f"interval std/p99 {iv['std']}/{iv['p99']} ms, missed {row['missed_ticks']}", flush=True)
 
     result = {"benchmark": "ros_latency", "seconds": args.seconds, "machine": machine_info(), "rows": rows}
     out = RESULTS / "ros_latency.json"
@@ -245,11 +263,11 @@ def main() -> None:
     plot(rows, plot_path)
     write_markdown(result, RESULTS / "ros_latency.md", plot_path)
 
-    print(f"\n{'robot':<10}{'rate':>6}  {'policy':<14}{'e2e p50':>9}{'e2e p99':>9}{'infer p50':>10}{'rate Hz':>9}"
+    print(f"\n{'robot':<10}{'rate':>6}  {'policy':<14}{'inference':<12}{'e2e p50':>9}{'e2e p99':>9}{'infer p50':>10}{'rate Hz':>9}"
           f"{'int std':>9}{'int p99':>9}{'missed':>8}{'load':>7}")
     for r in rows:
         e, iv = r["e2e_latency_ms"], r["interval_received_ms"]
-        print(f"{r['robot']:<10}{r['rate_hz']:>6g}  {r['policy']:<14}{e['p50']!s:>9}{e['p99']!s:>9}"
+        print(f"{r['robot']:<10}{r['rate_hz']:>6g}  {r['policy']:<14}{r['inference']:<12}{e['p50']!s:>9}{e['p99']!s:>9}"
               f"{r['inference_ms']['p50']!s:>10}{r['achieved_rate_hz']:>9.1f}{iv['std']!s:>9}{iv['p99']!s:>9}"
               f"{r['missed_ticks']:>8}{r['load_avg_before'][0]:>7.2f}")
     print(f"wrote {out} and {RESULTS / 'ros_latency.md'}")

@@ -11,7 +11,7 @@ Three threads besides the rclpy executor (which only stores messages and answers
           │                                 small ops never hold this process's GIL)
           │ chunk, obs tick, landing tick
           ▼
-    executor (naive | temporal_ensemble): the action for tick j, aligned to the ticks that elapsed
+    executor (naive | temporal_ensemble | rtc): the action for tick j, aligned to the ticks that elapsed
           │
     publisher (control rate) ─► SafetyFilter ─► JointTrajectory (arm) | TwistStamped (quadrotor)
 
@@ -65,7 +65,7 @@ class PolicyNodeConfig:
     device: str = "cpu"
     profile: str = ""  # required: a packaged profile name (sim_panda, ur5e, ...) or a profile .yaml path
     control_rate_hz: float = 0.0  # default: the profile's
-    executor: str = "naive"  # naive | temporal_ensemble
+    executor: str = "naive"  # naive | temporal_ensemble | rtc (flow policies)
     obs_timeout_s: float = 0.0  # default: the profile's
     sampler: str = ""  # diffusion: ddpm | ddim; flow: euler | adaptive ...
     num_inference_steps: int = 0
@@ -74,6 +74,7 @@ class PolicyNodeConfig:
     torch_threads: int = 0  # 0: leave torch's default
     inference_process: bool = True  # run the model in a worker process: its GIL never stalls the control loop
     ensemble_m: float = 0.01  # temporal_ensemble: weight exp(-m * i), i = 0 the oldest chunk
+    rtc_max_guidance: float = 5.0  # rtc: the guidance cap β
     command_topic: str = ""  # default: the profile's command topic
     metrics_period_s: float = 1.0
 
@@ -95,6 +96,9 @@ class PolicyNode(Node):
         if cfg.obs_timeout_s > 0:
             profile = dataclasses.replace(profile, obs_timeout_s=float(cfg.obs_timeout_s))
         match = check_checkpoint(profile, ckpt_config)  # raises CheckpointMismatchError naming the keys
+        if cfg.executor == "rtc" and ckpt_config.get("policy") != "flow":
+            raise ValueError(f"executor 'rtc' inpaints with a flow policy's velocity field; this checkpoint is "
+                             f"'{ckpt_config.get('policy')}' (use naive or temporal_ensemble)")
         for w in match.warnings:
             self.get_logger().warning(w)
         self.profile = profile
@@ -106,7 +110,8 @@ class PolicyNode(Node):
         self.runner = self._load_runner(resolve_checkpoint(cfg.checkpoint))
         pc = self.runner.config
         self.To, self.Ta, self.H = pc.n_obs_steps, pc.n_action_steps, pc.horizon
-        kwargs = {"m": cfg.ensemble_m} if cfg.executor == "temporal_ensemble" else {}
+        kwargs = {"temporal_ensemble": {"m": cfg.ensemble_m},
+                  "rtc": {"max_guidance": cfg.rtc_max_guidance}}.get(cfg.executor, {})
         self.chunker = make_executor(cfg.executor, self.To, self.Ta, self.H, **kwargs)
         self.assembler = ObservationAssembler(profile, self.runner.obs_shapes, sources=match.observations)
         self.safety = SafetyFilter(profile)
@@ -308,13 +313,16 @@ class PolicyNode(Node):
                     continue
                 frames = list(self.history)
                 generation = self.generation
+                # RTC: the running chunk at the new one's ticks, frozen over the ticks it will take to compute
+                guide = (self.chunker.guide(frames[-1][0], self._latency_ticks())
+                         if self.cfg.executor == "rtc" else None)
             obs_tick, obs_stamp = frames[-1][0], frames[-1][2]
             start = time.perf_counter()
             try:
                 if self.reset_runner.is_set():  # policy/reset: recurrent state and noise seed, on this thread
                     self.reset_runner.clear()
                     self.runner.reset(self.cfg.seed)
-                chunk = self.runner.predict_from([f[1] for f in frames])
+                chunk = self.runner.predict_from([f[1] for f in frames], guide)
             except Exception as e:
                 self.m["inference_errors"] += 1
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=2.0)
@@ -331,6 +339,7 @@ class PolicyNode(Node):
                     self.chunk_id += 1
                     self.pending_e2e = {self.chunk_id: obs_stamp}
                     self.m["chunks"] += 1
+                    self.m["guided_chunks"] += guide is not None
                     self.m["skipped_steps"] += landed - obs_tick
                 else:
                     self.m["chunks_stale"] += 1

@@ -19,8 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopolicy.generative.flow import (TIME_CONVENTION, TIME_DISTRIBUTIONS, adaptive_sample, euler_sample,
-                                        interpolate, sample_time, target_velocity)
+from robopolicy.generative.flow import (
+    TIME_CONVENTION,
+    TIME_DISTRIBUTIONS,
+    Inpainting,
+    adaptive_sample,
+    euler_sample,
+    guided_euler_sample,
+    interpolate,
+    sample_time,
+    target_velocity,
+)
 from robopolicy.nn.embeddings import SinusoidalEmbedding
 from robopolicy.policies.backbone import BackboneConfig, backbone_optim_groups, build_backbone, encode_obs
 from robopolicy.policies.base import Policy
@@ -149,10 +158,11 @@ class FlowPolicy(Policy):
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, inpaint: Inpainting | None = None) -> torch.Tensor:
         """Normalised obs (B, To, ...) -> normalised action chunk (B, H, A) in [-1, 1].
 
         `noise` (B, H, A) is the starting point x_0; given it, the chunk is a deterministic function of obs.
+        `inpaint` (real-time chunking): Euler steps guided toward a target chunk in normalised action space.
         """
         c = self.config
         cond = self.encode_obs(obs)
@@ -166,7 +176,13 @@ class FlowPolicy(Policy):
         def velocity(x, t):
             return self.denoise(x, t, cond)
 
-        if c.sampler == "euler":
+        if inpaint is not None:
+            if c.sampler != "euler":
+                raise ValueError(f"inpainting (real-time chunking) needs the euler sampler, not '{c.sampler}'")
+            x = guided_euler_sample(velocity, noise, c.num_inference_steps, inpaint.target.to(noise),
+                                    inpaint.weights, inpaint.max_guidance)
+            self.last_nfe = torch.full((batch,), c.num_inference_steps, dtype=torch.long, device=noise.device)
+        elif c.sampler == "euler":
             x = euler_sample(velocity, noise, c.num_inference_steps)
             self.last_nfe = torch.full((batch,), c.num_inference_steps, dtype=torch.long, device=noise.device)
         else:

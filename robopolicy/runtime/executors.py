@@ -14,6 +14,10 @@ never to a latency estimate (deployment notes §0): they skip the elapsed prefix
   quadrotor or stop an arm mid-motion); those ticks are counted in ``overrun_ticks``.
 - ``temporal_ensemble`` (ACT): re-plan whenever the worker is free; every chunk that covers tick ``j``
   votes, weighted ``exp(-m * i)`` with ``i = 0`` the oldest (ACT's convention).
+- ``rtc`` (real-time chunking, Black et al. 2025; flow policies): runs like ``naive``, and hands each
+  request a :class:`ChunkGuide`: the running chunk's actions at the new chunk's ticks, weight 1 on the
+  ticks that will run while the new chunk is computed (the measured latency), decaying to 0 where the
+  running chunk ends. The flow sampler inpaints the new chunk onto it, so the switch does not jump.
 
 Pure Python and numpy, no ROS, no torch: the ROS policy node drives it, tests drive it with plain integers.
 """
@@ -24,8 +28,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXECUTORS = ("naive", "temporal_ensemble")
-PLANNED = ("rtc",)  # DESIGN §7; needs guided flow sampling in the runner first
+EXECUTORS = ("naive", "temporal_ensemble", "rtc")
+PREFIX_SCHEDULES = ("ones", "zeros", "linear", "exp")
+
+
+@dataclass(frozen=True)
+class ChunkGuide:
+    """What RTC inpaints a new chunk toward: for each index of it, the running chunk's action at the same tick.
+
+    actions (H, A) un-normalised (zero where the running chunk has none; those rows weigh 0), weights (H,),
+    and the guidance cap β.
+    """
+
+    actions: np.ndarray
+    weights: np.ndarray
+    max_guidance: float = 5.0
+
+
+def prefix_weights(start: int, end: int, horizon: int, schedule: str = "exp") -> np.ndarray:
+    """RTC's guidance weights (horizon,) float32 over a chunk's indices.
+
+    Indices before `start` (the actions that run while the chunk is computed) get 1: frozen to the running
+    chunk. From `start` the weight decays to 0 at `end` (where the running chunk runs out), linearly or
+    exponentially; from `end` on it is 0. Linear, (2, 6, 10): [1, 1, .8, .6, .4, .2, 0, 0, 0, 0].
+    """
+    if schedule not in PREFIX_SCHEDULES:
+        raise ValueError(f"unknown prefix schedule '{schedule}'; choose one of {PREFIX_SCHEDULES}")
+    start = min(start, end)
+    i = np.arange(horizon, dtype=np.float64)
+    if schedule == "ones":
+        w = np.ones(horizon)
+    elif schedule == "zeros":
+        w = (i < start).astype(np.float64)
+    else:
+        w = np.clip((start - 1 - i) / (end - start + 1) + 1, 0, 1)
+        if schedule == "exp":
+            w = w * np.expm1(w) / (np.e - 1)
+    return np.where(i >= end, 0.0, w).astype(np.float32)
 
 
 @dataclass
@@ -85,6 +124,36 @@ class NaiveExecutor:
         return c.action(tick, self.To)
 
 
+class RtcExecutor(NaiveExecutor):
+    """``naive`` execution; each new chunk is inpainted onto the running one (:meth:`guide`)."""
+
+    name = "rtc"
+
+    def __init__(self, n_obs_steps: int, n_action_steps: int, horizon: int, max_guidance: float = 5.0,
+                 schedule: str = "exp"):
+        super().__init__(n_obs_steps, n_action_steps, horizon)
+        if max_guidance < 0:
+            raise ValueError(f"max_guidance must be >= 0, got {max_guidance}")
+        prefix_weights(0, 0, 1, schedule)  # refuse an unknown schedule now, not at the first chunk
+        self.max_guidance, self.schedule = float(max_guidance), schedule
+
+    def guide(self, obs_tick: int, delay_ticks: int) -> ChunkGuide | None:
+        """The guide for a chunk predicted from the observation of ``obs_tick`` that will land about
+        ``delay_ticks`` later; None when no running chunk overlaps it (then it is sampled unguided)."""
+        c = self.chunk
+        if c is None:
+            return None
+        # Index i of the new chunk is tick obs_tick - (To-1) + i; the same tick is index i + shift of the old.
+        shift = obs_tick - c.obs_tick
+        end = self.H - shift  # new indices the old chunk covers: 0 .. end-1
+        if shift < 0 or end <= self.To - 1:  # it covers none of the ticks from the observation's on
+            return None
+        start = self.To - 1 + max(delay_ticks, 0)
+        actions = np.zeros_like(c.actions)
+        actions[:end] = c.actions[shift:shift + end]
+        return ChunkGuide(actions, prefix_weights(start, end, self.H, self.schedule), self.max_guidance)
+
+
 class TemporalEnsembleExecutor:
     """ACT temporal ensembling over every live chunk; re-plans as often as the worker can."""
 
@@ -132,6 +201,6 @@ def make_executor(name: str, n_obs_steps: int, n_action_steps: int, horizon: int
         return NaiveExecutor(n_obs_steps, n_action_steps, horizon)
     if name == "temporal_ensemble":
         return TemporalEnsembleExecutor(n_obs_steps, n_action_steps, horizon, **kwargs)
-    if name in PLANNED:
-        raise ValueError(f"executor {name!r} is not implemented yet; available: {list(EXECUTORS)}")
+    if name == "rtc":
+        return RtcExecutor(n_obs_steps, n_action_steps, horizon, **kwargs)
     raise ValueError(f"unknown executor {name!r}; available: {list(EXECUTORS)}")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robopolicy.runtime.executors import ChunkGuide
+
 
 class RunnerProcessError(RuntimeError):
     """The worker failed to load the checkpoint or to predict; the message carries its own error."""
@@ -69,9 +71,10 @@ class RunnerProcess:
         self._conn.send(("reset", seed))
         self._reply(60.0, "reset")
 
-    def predict_from(self, frames: Sequence[dict[str, np.ndarray]], timeout_s: float = 600.0) -> np.ndarray:
-        """Chunk (H, A) from these observation frames, oldest first (at most To)."""
-        self._conn.send(("predict", list(frames)))
+    def predict_from(self, frames: Sequence[dict[str, np.ndarray]], guide: ChunkGuide | None = None,
+                     timeout_s: float = 600.0) -> np.ndarray:
+        """Chunk (H, A) from these observation frames, oldest first (at most To); `guide` as for the runner."""
+        self._conn.send(("predict", (list(frames), guide)))
         return self._reply(timeout_s, "predict a chunk")
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -137,7 +140,7 @@ def _serve(conn, spec: RunnerSpec) -> None:
             return
         try:
             if request == "predict":
-                conn.send(("chunk", runner.predict_from(payload)))
+                conn.send(("chunk", runner.predict_from(*payload)))
             elif request == "reset":
                 runner.reset(payload)
                 conn.send(("reset", None))

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robopolicy.generative.flow import Inpainting
 from robopolicy.nn.obs_encoder import is_image_key
 from robopolicy.policies import Policy
+from robopolicy.runtime.executors import ChunkGuide
 from robopolicy.store import Normalizer
 from robopolicy.train.checkpoint import load_policy
 
@@ -92,25 +94,41 @@ class PolicyRunner:
             self.queue.extend(chunk[start : start + self.config.n_action_steps])
         return self.queue.popleft()
 
-    def predict_from(self, frames) -> np.ndarray:
+    def predict_from(self, frames, guide: ChunkGuide | None = None) -> np.ndarray:
         """Chunk (H, A) from these observation frames (oldest first, at most To) in place of the history: for
         callers that keep their own history, such as the ROS node."""
         self.history.clear()
         self.history.extend(frames)
-        return self.predict_chunk()
+        return self.predict_chunk(guide)
 
-    def predict_chunk(self) -> np.ndarray:
-        """Whole un-normalised chunk (H, A) from the current history (the first frame repeats until To arrive)."""
+    def predict_chunk(self, guide: ChunkGuide | None = None) -> np.ndarray:
+        """Whole un-normalised chunk (H, A) from the current history (the first frame repeats until To arrive).
+
+        `guide` (real-time chunking, a flow policy's Euler sampler): inpaint toward the chunk still running.
+        """
         frames = list(self.history)
         frames = [frames[0]] * (self.config.n_obs_steps - len(frames)) + frames
         obs = {}
         for key in self.obs_shapes:
             stacked = torch.from_numpy(np.stack([f[key] for f in frames])[None]).to(self.device)
             obs[key] = self.normalizer.normalize(key, stacked)
-        # no_grad rather than inference_mode: energy-based policies take gradients w.r.t. actions inside.
+        extra = {} if guide is None else {"inpaint": self._inpainting(guide)}
+        # no_grad rather than inference_mode: energy-based policies and RTC take gradients inside.
         with torch.no_grad():
-            chunk = self.policy.predict_chunk(obs, generator=self.generator)
+            chunk = self.policy.predict_chunk(obs, generator=self.generator, **extra)
         return self.normalizer.unnormalize(self.action_key, chunk)[0].float().cpu().numpy()
+
+    def _inpainting(self, guide: ChunkGuide) -> Inpainting:
+        if getattr(self.policy, "parameterization", None) != "velocity":
+            raise ValueError(f"real-time chunking needs a flow policy (a velocity field to guide); this "
+                             f"checkpoint is '{self.policy.name}'")
+        shape = (self.config.horizon, self.action_dim)
+        if guide.actions.shape != shape or guide.weights.shape != shape[:1]:
+            raise ValueError(f"a chunk guide needs actions {shape} and weights {shape[:1]}, got "
+                             f"{guide.actions.shape} and {guide.weights.shape}")
+        target = torch.from_numpy(np.asarray(guide.actions, np.float32)[None]).to(self.device)
+        return Inpainting(self.normalizer.normalize(self.action_key, target), torch.from_numpy(guide.weights),
+                          guide.max_guidance)
 
     def _check(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = {}

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from robopolicy.runtime.executors import NaiveExecutor, TemporalEnsembleExecutor, make_executor
+from robopolicy.runtime.executors import (
+    NaiveExecutor,
+    TemporalEnsembleExecutor,
+    make_executor,
+    prefix_weights,
+)
 
 
 def chunk(obs_tick, H=16, A=2):
@@ -58,8 +63,41 @@ def test_temporal_ensemble_averages_overlapping_chunks_oldest_weighted_most():
     assert ex.needs_chunk(3, 100)
 
 
-def test_unknown_and_planned_executors_are_refused_by_name():
+def test_unknown_executors_and_schedules_are_refused_by_name():
     with pytest.raises(ValueError, match=r"unknown executor 'fast'.*naive"):
         make_executor("fast", 2, 8, 16)
-    with pytest.raises(ValueError, match="'rtc' is not implemented yet"):
-        make_executor("rtc", 2, 8, 16)
+    with pytest.raises(ValueError, match="unknown prefix schedule 'cosine'"):
+        make_executor("rtc", 2, 8, 16, schedule="cosine")
+
+
+def test_rtc_prefix_weights_match_the_papers_examples():
+    np.testing.assert_allclose(prefix_weights(2, 6, 10, "linear"), [1, 1, .8, .6, .4, .2, 0, 0, 0, 0], atol=1e-6)
+    exp = prefix_weights(2, 6, 10, "exp")
+    assert exp[:2].tolist() == [1, 1] and np.all(exp[6:] == 0) and np.all(np.diff(exp[1:7]) < 0)
+    assert np.all(exp[2:6] < prefix_weights(2, 6, 10, "linear")[2:6])  # exp decays faster
+    assert not prefix_weights(0, 0, 10).any()  # d = 0, nothing overlaps: vanilla sampling
+    np.testing.assert_array_equal(prefix_weights(3, 6, 8, "zeros"), [1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def test_rtc_guide_holds_the_running_chunk_at_the_new_chunks_ticks():
+    ex = make_executor("rtc", 2, 8, 16, max_guidance=3.0)
+    assert ex.guide(0, 2) is None  # nothing running yet: the first chunk is sampled unguided
+    ex.add(chunk(0), obs_tick=0, landed=2)
+    guide = ex.guide(6, 2)  # next request from tick 6's observation, expected to land 2 ticks later
+    # index i of the new chunk is tick 6 - 1 + i; the running chunk covers ticks up to 0 + 16 - 2 = 14
+    end = 16 - 6
+    np.testing.assert_array_equal(guide.actions[:end, 0], 5 + np.arange(end))
+    assert not guide.actions[end:].any() and guide.max_guidance == 3.0
+    # frozen: index To-1 = tick 6 and the 2 ticks of latency after it (and the past tick 5); 0 from index 10
+    np.testing.assert_array_equal(guide.weights[:3], 1)
+    assert 0 < guide.weights[3] < 1 and not guide.weights[end:].any()
+    assert ex.guide(14, 2).weights[1] == 1  # its last tick, 14, is index To-1 of the new one
+    assert ex.guide(15, 2) is None  # the running chunk has no action from tick 15 on
+
+
+def test_rtc_executes_like_naive():
+    rtc, naive = make_executor("rtc", 2, 8, 16), NaiveExecutor(2, 8, 16)
+    for ex in (rtc, naive):
+        ex.add(chunk(0), obs_tick=0, landed=2)
+        ex.add(chunk(7), obs_tick=7, landed=9)
+    assert [rtc.action(t)[0] for t in range(9, 20)] == [naive.action(t)[0] for t in range(9, 20)]

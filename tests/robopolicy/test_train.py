@@ -65,6 +65,7 @@ def test_runner_process_predicts_what_the_runner_predicts(trained, tmp_path):
     """The ROS node's inference worker: the same chunks as an in-process runner with the same seed, errors
     reported with the worker's own message, and a worker that serves on after one and exits on close."""
     from robopolicy.runtime import PolicyRunner
+    from robopolicy.runtime.executors import ChunkGuide
     from robopolicy.runtime.process import RunnerProcess, RunnerProcessError, RunnerSpec
 
     out, _ = trained
@@ -84,6 +85,9 @@ def test_runner_process_predicts_what_the_runner_predicts(trained, tmp_path):
         with pytest.raises(RunnerProcessError, match="'state'"):
             worker.predict_from([{"image_top": np.zeros((8, 8, 3), np.uint8)}])
         np.testing.assert_allclose(worker.predict_from(frames).shape, first.shape)  # still serving
+        guide = ChunkGuide(first, np.ones(len(first), np.float32))
+        with pytest.raises(RunnerProcessError, match="real-time chunking needs a flow policy.*'diffusion'"):
+            worker.predict_from(frames, guide)
         process = worker._process
     assert not process.is_alive()
     with pytest.raises(RunnerProcessError, match="loading .*nowhere"):

@@ -15,16 +15,18 @@ TINY_TRAIN = {"steps": 30, "batch_size": 32, "warmup_steps": 5, "val_every": 30,
 TASKS = {"arm": ("robopolicy/robosuite-Lift-joint-v0", 40), "quadrotor": ("robopolicy/quadrotor-hover-v0", 100)}
 
 
-def tiny_checkpoint(kind: str, root: Path) -> tuple[Path, Path]:
-    """(checkpoint dir, store) for ``kind`` in ``arm`` | ``quadrotor``, built under ``root``."""
+def tiny_checkpoint(kind: str, root: Path, policy: str = "diffusion") -> tuple[Path, Path]:
+    """(checkpoint dir, store) for ``kind`` in ``arm`` | ``quadrotor``, built under ``root`` (one store per
+    kind, shared by the policies trained on it)."""
     from robopolicy.train.trainer import train
     from sim.collect import collect
 
     task, max_steps = TASKS[kind]
-    store, run = root / f"{kind}.zarr", root / f"{kind}-run"
-    collect(task, 2, store, max_steps=max_steps, progress=False, keep_failures=True)
-    train(str(store), str(run), preset="cpu", policy_overrides=TINY_POLICY, train_overrides=TINY_TRAIN,
-          progress=False, cpu=True)
+    store, run = root / f"{kind}.zarr", root / f"{kind}-{policy}-run"
+    if not store.exists():
+        collect(task, 2, store, max_steps=max_steps, progress=False, keep_failures=True)
+    train(str(store), str(run), policy_name=policy, preset="cpu", policy_overrides=TINY_POLICY,
+          train_overrides=TINY_TRAIN, progress=False, cpu=True)
     return run / "latest", store
 
 

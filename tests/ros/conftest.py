@@ -57,8 +57,9 @@ def launch_node(ros_domain, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict:
-    """``{"arm": (ckpt, store), "quadrotor": (ckpt, store)}``: tiny diffusion checkpoints of
-    robosuite-Lift-joint-v0 and quadrotor-hover-v0, trained from expert demos once per session."""
+    """``{"arm": (ckpt, store), "quadrotor": (ckpt, store), "quadrotor-flow": (ckpt, store)}``: tiny diffusion
+    checkpoints of robosuite-Lift-joint-v0 and quadrotor-hover-v0, and a flow one of the latter (for RTC),
+    trained from expert demos once per session."""
     import torch
 
     from tests.ros.checkpoints import tiny_checkpoint
@@ -67,6 +68,8 @@ def tiny_checkpoints(tmp_path_factory) -> dict:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ros-checkpoints")
     try:
-        return {kind: tiny_checkpoint(kind, root) for kind in ("arm", "quadrotor")}
+        checkpoints = {kind: tiny_checkpoint(kind, root) for kind in ("arm", "quadrotor")}
+        checkpoints["quadrotor-flow"] = tiny_checkpoint("quadrotor", root, "flow")
+        return checkpoints
     finally:
         torch.set_num_threads(threads)

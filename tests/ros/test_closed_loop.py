@@ -1,6 +1,7 @@
 """Closed loop over DDS on loopback: sim bridge and policy node as separate processes, one short
 episode each for an arm (robosuite Lift, joint positions, naive executor) and a quadrotor (hover,
-velocity set points, temporal ensemble), then the next episode is started through ``sim/reset``."""
+velocity set points, temporal ensemble; and a flow policy with real-time chunking), then the next
+episode is started through ``sim/reset``."""
 
 import json
 
@@ -83,3 +84,15 @@ def test_bridge_refuses_a_task_its_profile_cannot_drive(launch_node):
     bridge = launch_node("robopolicy-sim-bridge", {"task": "robosuite-Lift-v0", "profile": "sim_panda"})
     assert bridge.wait_exit(timeout=60) == 2
     assert "takes 7-d ee_delta actions; profile 'sim_panda' sends 8-d joint_pos" in bridge.log()
+
+
+def test_quadrotor_closed_loop_with_real_time_chunking(launch_node, ros_node, tiny_checkpoints):
+    ckpt, _ = tiny_checkpoints["quadrotor-flow"]
+    report, metrics, sensed, commands = run_episode(
+        launch_node, ros_node, ckpt, "sim_quadrotor", "quadrotor-hover-v0", 60,
+        (Odometry, "odom"), (TwistStamped, "cmd_vel"), executor="rtc")
+    assert report["steps"] == 60 or report["info"].get("crashed")
+    assert report["commands"] >= report["steps"] // 5
+    # every chunk after the first was inpainted onto the one running
+    assert metrics["counters"]["guided_chunks"] >= 3
+    assert metrics["counters"]["guided_chunks"] >= metrics["counters"]["chunks"] - 2

@@ -46,6 +46,9 @@ def test_refuses_a_checkpoint_the_robot_cannot_serve(launch_node, tiny_checkpoin
     config["policy_config"]["obs_shapes"]["image_wrist"] = [84, 84, 3]
     (wrist / "config.json").write_text(json.dumps(config))
     other = launch_node("robopolicy-policy-node", {"checkpoint": wrist, "profile": "sim_panda"})
+    # Real-time chunking guides a flow policy's velocity field; a diffusion checkpoint has none.
+    rtc = launch_node("robopolicy-policy-node", {"checkpoint": quad_ckpt, "profile": "sim_quadrotor",
+                                                 "executor": "rtc"})
 
     assert node.wait_exit(timeout=90) == 2
     log = node.log()
@@ -53,6 +56,8 @@ def test_refuses_a_checkpoint_the_robot_cannot_serve(launch_node, tiny_checkpoin
     assert "'velocity_setpoint', this robot takes 'joint_pos'" in log and "4-d actions" in log
     assert other.wait_exit(timeout=90) == 2
     assert "observation keys ['image_wrist'] are not supplied by this robot" in other.log()
+    assert rtc.wait_exit(timeout=90) == 2
+    assert "executor 'rtc' inpaints with a flow policy's velocity field; this checkpoint is 'diffusion'" in rtc.log()
 
 
 def test_the_refusal_check_reads_config_json_without_torch(tiny_checkpoints):
