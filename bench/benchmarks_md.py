@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # Reading order: what users ask first (does it work, how fast), then the parts, then the studies.
 ORDER = ["suite.md", "grid.md", "policy_speed.md", "speed.md", "floor.md", "peer.md", "scaling.md",
-         "data_path.md", "env_speed.md", "ros/ros_closed_loop.md", "ros_latency.md", "quad_policy.md", "seed_rollout.md",
+         "data_path.md", "env_speed.md", "ros/ros_closed_loop.md", "ros_latency.md", "rtc.md", "quad_policy.md", "seed_rollout.md",
          "ebt_energy.md"]
 # Markdown links and images whose target is a relative path: [text](target) / ![alt](target).
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")

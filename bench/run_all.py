@@ -63,6 +63,7 @@ BENCHMARKS = [
     Benchmark("grid", ("--quick", "--results", "{tmp}"), needs=("mujoco", "metaworld")),
     Benchmark("ros_closed_loop", ("--episodes", "1", "--out", "{tmp}/ros"), needs=("rclpy", "mujoco")),
     Benchmark("ros_latency", None, needs=("rclpy", "mujoco")),  # its .md goes to results/ even with --out
+    Benchmark("rtc", ("--episodes", "1", "--delays", "2", "--out", "{tmp}"), needs=("robosuite",)),
     Benchmark("quad_policy", None, needs=("mujoco",)),
     Benchmark("seed_rollout", None, needs=("robosuite",)),
     Benchmark("ebt_energy", None),

@@ -454,7 +454,9 @@ def _ms(seconds):
 
 
 def main() -> int:
-    return spin_node(PolicyNode, "robopolicy-policy-node", refusals=(CheckpointMismatchError, ValueError, FileNotFoundError))
+    # Its callbacks only store messages and flip flags (the work is on its own threads): one executor thread.
+    return spin_node(PolicyNode, "robopolicy-policy-node",
+                     refusals=(CheckpointMismatchError, ValueError, FileNotFoundError), threads=1)
 
 
 if __name__ == "__main__":

@@ -331,7 +331,8 @@ def _jsonable(value) -> bool:
 
 
 def main() -> int:
-    return spin_node(SimBridge, "robopolicy-sim-bridge", refusals=(ValueError, KeyError))
+    # Callbacks store commands; the services wait on the sim thread, which never waits on them: one thread.
+    return spin_node(SimBridge, "robopolicy-sim-bridge", refusals=(ValueError, KeyError), threads=1)
 
 
 if __name__ == "__main__":

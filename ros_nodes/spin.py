@@ -1,4 +1,9 @@
-"""The one way our threaded nodes run: build, spin on a multi-threaded executor, shut down cleanly.
+"""The one way our threaded nodes run: build, spin, shut down cleanly.
+
+`threads` > 1 spins a multi-threaded executor, for nodes whose callbacks may wait on one another (a
+service that calls a service). 1 spins the single-threaded one: for nodes whose callbacks only store a
+message or flip a flag, it does the same for a fraction of the CPU (rclpy's multi-threaded executor hands
+every callback to a thread pool, which cost the policy node about half a core at 50 Hz).
 
 A node that cannot start (a checkpoint the robot cannot serve, an unknown task) exits with code 2 and one
 line on stderr saying why, rather than a traceback.
@@ -10,7 +15,7 @@ import sys
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 
 def spin_node(make_node: Callable[[], "rclpy.node.Node"], program: str,
@@ -24,7 +29,7 @@ def spin_node(make_node: Callable[[], "rclpy.node.Node"], program: str,
         if rclpy.ok():
             rclpy.shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=threads)
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
