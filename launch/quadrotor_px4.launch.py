@@ -1,13 +1,14 @@
-"""A trained velocity set-point policy on a PX4 vehicle, through MAVROS-style set-point topics.
+"""A trained velocity set-point policy on a PX4 vehicle in offboard mode, through uXRCE-DDS.
 
     ros2 launch launch/quadrotor_px4.launch.py checkpoint:=runs/hover/latest
 
-The policy node publishes ``geometry_msgs/TwistStamped`` (world ENU, yaw rate in ``angular.z``) on
-``/mavros/setpoint_velocity/cmd_vel``; MAVROS turns it into PX4 offboard set points (NED). Start
-MAVROS (``fcu_url`` for your link) yourself, and arm and switch to OFFBOARD from the ground station
-only once set points stream: PX4 needs them at > 2 Hz before and during offboard. When its input is
-stale the node streams zero velocity (hover); the heartbeat dead-man (``policy/heartbeat``) and
-``policy/estop`` do the same. Observations follow the ``px4`` profile (hardware/profiles/px4.yaml).
+The policy node follows the ``px4`` profile (hardware/profiles/px4.yaml): it reads
+``/fmu/out/vehicle_odometry`` (NED/FRD, converted to the ENU/FLU state the policy was trained on),
+publishes velocity-only ``px4_msgs/TrajectorySetpoint`` (NED) on ``/fmu/in/trajectory_setpoint`` and
+streams ``OffboardControlMode`` at 10 Hz, which PX4 needs at > 2 Hz before and during offboard. Build
+``px4_msgs`` for your firmware in your workspace and run the Micro XRCE-DDS agent yourself; arm and switch to
+OFFBOARD from the ground station once set points stream. When its input is stale the node streams zero
+velocity (hover); the heartbeat dead-man (``policy/heartbeat``) and ``policy/estop`` do the same.
 Parameters: config/quadrotor_px4.yaml.
 """
 

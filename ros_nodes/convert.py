@@ -25,6 +25,13 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 
 
+# Message packages that come from the vehicle's own ROS 2 workspace, not from wheels.
+NOT_ON_PYPI = {
+    "px4_msgs": "; build PX4/px4_msgs, the branch matching your PX4 firmware, in your ROS 2 workspace",
+    "crazyflie_interfaces": "; it comes with Crazyswarm2 (IMRCLab/crazyswarm2) in your ROS 2 workspace",
+}
+
+
 def message_class(msg_type: str) -> type:
     """``"sensor_msgs/msg/JointState"`` -> the rclpy message class, with a clear error if it is not installed."""
     parts = msg_type.split("/")
@@ -33,7 +40,8 @@ def message_class(msg_type: str) -> type:
     try:
         return getattr(importlib.import_module(f"{parts[0]}.msg"), parts[2])
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"message type {msg_type!r} is not installed in this environment ({e})") from e
+        hint = NOT_ON_PYPI.get(parts[0], "")
+        raise ValueError(f"message type {msg_type!r} is not installed in this environment ({e}){hint}") from e
 
 
 # ---------------------------------------------------------------------------------------------- time
@@ -332,3 +340,89 @@ def twist_to_setpoint(msg: TwistStamped) -> np.ndarray:
     """``TwistStamped`` -> ``(4,)`` vx, vy, vz, yaw rate."""
     t = msg.twist
     return np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.z], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------ PX4 (NED / FRD axes)
+# PX4 works in NED world axes and FRD body axes; ROS in ENU and FLU (REP-103). As px4_ros_com's
+# frame_transforms.h: a world vector swaps x and y and negates z; a body vector negates y and z; an attitude
+# (FRD body -> NED world) becomes q_ENU<-NED ⊗ q ⊗ q_FRD<-FLU. Each of these maps is its own inverse.
+
+_NED_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+_FRD_FLU = np.diag([1.0, -1.0, -1.0])
+_Q_ENU_NED = np.array([0.0, np.sqrt(0.5), np.sqrt(0.5), 0.0])  # wxyz: π about (x + y)/√2
+_Q_FRD_FLU = np.array([0.0, 1.0, 0.0, 0.0])  # wxyz: π about x
+PX4_VELOCITY_FRAMES = {1: "NED", 3: "BODY_FRD"}  # VehicleOdometry.VELOCITY_FRAME_*; 2 (FRD world) is refused
+
+
+def ned_to_enu(v) -> np.ndarray:
+    """World vectors ``(..., 3)`` between NED and ENU (either way)."""
+    return np.asarray(v, dtype=np.float64) @ _NED_ENU.T
+
+
+def frd_to_flu(v) -> np.ndarray:
+    """Body vectors ``(..., 3)`` between FRD and FLU (either way)."""
+    return np.asarray(v, dtype=np.float64) @ _FRD_FLU.T
+
+
+def quat_multiply(a, b) -> np.ndarray:
+    """Hamilton product of ``wxyz`` quaternions ``a ⊗ b``."""
+    aw, ax, ay, az = np.asarray(a, dtype=np.float64)
+    bw, bx, by, bz = np.asarray(b, dtype=np.float64)
+    return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
+
+
+def quat_ned_frd_to_enu_flu(q_wxyz) -> np.ndarray:
+    """PX4's attitude (FRD body -> NED world, ``wxyz``) as ROS's (FLU body -> ENU world, ``wxyz``, w >= 0)."""
+    q = quat_multiply(quat_multiply(_Q_ENU_NED, q_wxyz), _Q_FRD_FLU)
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def px4_odometry_to_state(position, q, velocity, angular_velocity, velocity_frame: int = 1) -> np.ndarray:
+    """``VehicleOdometry``'s arrays (NED position, FRD->NED ``q`` wxyz, velocity in ``velocity_frame``, FRD
+    body rates) -> the quadrotor ``state`` head ``(13,)`` in ROS axes, as :func:`odometry_to_state` gives it."""
+    if velocity_frame not in PX4_VELOCITY_FRAMES:
+        raise ValueError(f"VehicleOdometry velocity_frame {velocity_frame} is not supported; "
+                         f"use {PX4_VELOCITY_FRAMES}")
+    q = np.asarray(q, dtype=np.float64)
+    velocity = np.asarray(velocity, dtype=np.float64)
+    if velocity_frame == 3:  # body FRD -> NED world
+        velocity = quat_to_matrix(q) @ velocity
+    return np.concatenate([ned_to_enu(position), quat_ned_frd_to_enu_flu(q), ned_to_enu(velocity),
+                           frd_to_flu(angular_velocity)])
+
+
+def vehicle_odometry_to_state(msg) -> np.ndarray:
+    """``px4_msgs/VehicleOdometry`` -> the quadrotor ``state`` head ``(13,)`` (see :func:`px4_odometry_to_state`)."""
+    if msg.pose_frame != 1:  # POSE_FRAME_NED
+        raise ValueError(f"VehicleOdometry pose_frame {msg.pose_frame} is not NED (1); PX4's local frame is "
+                         "needed for position")
+    return px4_odometry_to_state(msg.position, msg.q, msg.velocity, msg.angular_velocity, msg.velocity_frame)
+
+
+def px4_velocity_setpoint(v) -> tuple[np.ndarray, float]:
+    """``(4,)`` ENU vx, vy, vz and yaw rate (about ENU z, counter-clockwise) -> PX4's NED velocity ``(3,)`` and
+    yawspeed (about NED z, i.e. down: the sign flips)."""
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    if v.shape != (4,):
+        raise ValueError(f"a velocity set point is (vx, vy, vz, yaw_rate), got shape {v.shape}")
+    return ned_to_enu(v[:3]), -float(v[3])
+
+
+def trajectory_setpoint(v, now: float):
+    """``px4_msgs/TrajectorySetpoint`` commanding velocity only (position, acceleration, jerk and yaw NaN:
+    PX4 ignores them). ``timestamp`` in µs of this node's clock, as px4_ros_com's examples do."""
+    from px4_msgs.msg import TrajectorySetpoint
+
+    velocity, yawspeed = px4_velocity_setpoint(v)
+    nan3 = [float("nan")] * 3
+    return TrajectorySetpoint(timestamp=int(now * 1e6), position=nan3, velocity=[float(x) for x in velocity],
+                              acceleration=nan3, jerk=nan3, yaw=float("nan"), yawspeed=yawspeed)
+
+
+def offboard_control_mode(now: float, **enabled: bool):
+    """``px4_msgs/OffboardControlMode``: PX4's "proof of life" for offboard control, e.g. ``velocity=True``."""
+    from px4_msgs.msg import OffboardControlMode
+
+    return OffboardControlMode(timestamp=int(now * 1e6), **enabled)

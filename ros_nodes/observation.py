@@ -42,6 +42,9 @@ class _Latest:
     previous: "_Latest | None" = None
 
 
+NED_MESSAGES = {"px4_msgs/msg/VehicleOdometry"}  # PX4's axes; converted to ENU/FLU as they are read
+
+
 def is_low_dim(key: str) -> bool:
     return not (key.startswith(("image_", "depth_")) or key == "points")
 
@@ -76,9 +79,10 @@ class ObservationAssembler:
         self.sources = dict(sources) if sources is not None else match_observations(profile, obs_shapes)
         for key, srcs in self.sources.items():
             for s in srcs:
-                if s.convention != "enu":
-                    raise NotImplementedError(f"{key!r} reads {s.topic!r} in the {s.convention!r} convention; "
-                                              "this node converts ENU/FLU messages only")
+                axes = "ned" if s.msg_type in NED_MESSAGES else "enu"
+                if s.convention != axes:
+                    raise ValueError(f"{key!r} reads {s.msg_type} on {s.topic!r} as {s.convention!r}; that "
+                                     f"message is {axes!r} (NED: {sorted(NED_MESSAGES)})")
         feedback = [s for s in profile.feedback if s.field != UNMEASURED]
         topics: dict[str, Source] = {}
         for s in [*(s for srcs in self.sources.values() for s in srcs), *feedback]:
@@ -191,10 +195,12 @@ def _field(s: Source, msg: Any) -> np.ndarray:
         return poses[s.first : s.first + s.count].reshape(-1)
     if s.msg_type == "geometry_msgs/msg/PoseStamped":
         return _pose_field(convert.pose_to_array(msg.pose), s.field)
-    if s.msg_type == "nav_msgs/msg/Odometry":
+    if s.msg_type in ("nav_msgs/msg/Odometry", "px4_msgs/msg/VehicleOdometry"):
+        # ROS axes (ENU world, FLU body); linear velocity in the world frame, angular in the body frame
+        state = (convert.odometry_to_state(msg) if s.msg_type == "nav_msgs/msg/Odometry"
+                 else convert.vehicle_odometry_to_state(msg))
         if s.field.startswith("pose"):
-            return _pose_field(convert.pose_to_array(msg.pose.pose), s.field)
-        state = convert.odometry_to_state(msg)  # linear velocity in the world frame, angular in the body frame
+            return _pose_field(state[:7], s.field)
         rotation = convert.quat_to_matrix(state[3:7])
         linear, angular = state[7:10], state[10:13]
         if s.frame == "body":

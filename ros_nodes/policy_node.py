@@ -13,7 +13,8 @@ Three threads besides the rclpy executor (which only stores messages and answers
           ▼
     executor (naive | temporal_ensemble | rtc): the action for tick j, aligned to the ticks that elapsed
           │
-    publisher (control rate) ─► SafetyFilter ─► JointTrajectory (arm) | TwistStamped (quadrotor)
+    publisher (control rate) ─► SafetyFilter ─► JointTrajectory (arm) | TwistStamped or PX4
+                                                TrajectorySetpoint (quadrotor)
 
 Before going live the node refuses a checkpoint the profile cannot serve (missing observation keys,
 other action semantics or dimension; the error names them) and runs ``warmup`` inferences, which
@@ -40,11 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from hardware.profile import CheckpointMismatchError, check_checkpoint, load_profile
 from hardware.safety import SafetyFilter
@@ -55,6 +54,10 @@ from ros_nodes.spin import spin_node
 from ros_nodes.qos import COMMAND_QOS, STATUS_QOS, for_source
 
 LATENCY_WINDOW = 2000  # samples kept for the latency percentiles in policy/metrics
+# What the node can publish. Crazyswarm2's VelocityWorld is not among them: the unit of its yaw_rate is
+# unverified (hardware/profiles/crazyflie.yaml), and a wrong guess is a factor of 57 on a real vehicle.
+COMMAND_MESSAGES = ("trajectory_msgs/msg/JointTrajectory", "geometry_msgs/msg/TwistStamped",
+                    "px4_msgs/msg/TrajectorySetpoint")
 
 
 @dataclass
@@ -96,6 +99,13 @@ class PolicyNode(Node):
         if cfg.obs_timeout_s > 0:
             profile = dataclasses.replace(profile, obs_timeout_s=float(cfg.obs_timeout_s))
         match = check_checkpoint(profile, ckpt_config)  # raises CheckpointMismatchError naming the keys
+        if profile.command.msg_type not in COMMAND_MESSAGES:
+            raise ValueError(f"profile {profile.name!r} commands with {profile.command.msg_type}; this node "
+                             f"publishes {sorted(COMMAND_MESSAGES)}")
+        keepalive = profile.command.keepalive
+        for msg_type in {profile.command.msg_type, *(s.msg_type for srcs in match.observations.values()
+                                                    for s in srcs), *([keepalive["msg_type"]] if keepalive else [])}:
+            convert.message_class(msg_type)  # a package that is not installed (px4_msgs) is named now
         if cfg.executor == "rtc" and ckpt_config.get("policy") != "flow":
             raise ValueError(f"executor 'rtc' inpaints with a flow policy's velocity field; this checkpoint is "
                              f"'{ckpt_config.get('policy')}' (use naive or temporal_ensemble)")
@@ -139,8 +149,14 @@ class PolicyNode(Node):
             self.create_subscription(msg_class, topic, lambda msg, t=topic: self._on_message(t, msg),
                                      for_source(qos))
         topic = cfg.command_topic or profile.command.topic
-        self.command_pub = self.create_publisher(JointTrajectory if self.is_arm else TwistStamped, topic,
+        self.command_pub = self.create_publisher(convert.message_class(profile.command.msg_type), topic,
                                                  COMMAND_QOS)
+        if keepalive:  # PX4's OffboardControlMode: streamed whatever the policy does, until the node stops
+            flags = {k: bool(v) for k, v in keepalive.items() if k not in ("topic", "msg_type", "rate_hz")}
+            keepalive_pub = self.create_publisher(convert.message_class(keepalive["msg_type"]), keepalive["topic"],
+                                                  COMMAND_QOS)
+            self.create_timer(1.0 / keepalive["rate_hz"],
+                              lambda: keepalive_pub.publish(convert.offboard_control_mode(self.now(), **flags)))
         self.status_pub = self.create_publisher(String, "policy/status", STATUS_QOS)
         self.metrics_pub = self.create_publisher(String, "policy/metrics", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -379,8 +395,11 @@ class PolicyNode(Node):
             self._note_decision(decision.command, decision.held, tuple(decision.flags), decision.detail)
 
     def _publish_command(self, command: np.ndarray, now: float) -> None:
-        if self.is_arm:
+        msg_type = self.profile.command.msg_type
+        if msg_type == "trajectory_msgs/msg/JointTrajectory":
             msg = convert.joint_trajectory(self.profile.joint_names, command[None], self.period, now)
+        elif msg_type == "px4_msgs/msg/TrajectorySetpoint":
+            msg = convert.trajectory_setpoint(command, now)  # ENU -> NED
         else:
             msg = convert.twist_stamped(command, now, frame="world")
         self.command_pub.publish(msg)

@@ -90,3 +90,56 @@ def test_twist_set_point():
     np.testing.assert_allclose(convert.twist_to_setpoint(msg), [0.1, -0.2, 0.3, 0.4])
     with pytest.raises(ValueError, match="yaw_rate"):
         convert.twist_stamped([0.0, 0.0, 0.0], 0.0)
+
+
+# ---- PX4 axes: NED world / FRD body <-> ENU / FLU (px4_ros_com frame_transforms.h) -------------------------
+
+
+def test_ned_enu_vectors_and_body_rates():
+    np.testing.assert_array_equal(convert.ned_to_enu([1.0, 2.0, 3.0]), [2.0, 1.0, -3.0])  # north 1, east 2, down 3
+    np.testing.assert_array_equal(convert.frd_to_flu([0.1, 0.2, 0.3]), [0.1, -0.2, -0.3])
+    v = np.random.default_rng(0).normal(size=(5, 3))
+    np.testing.assert_allclose(convert.ned_to_enu(convert.ned_to_enu(v)), v)  # its own inverse
+
+
+def test_px4_attitude_becomes_ros_attitude():
+    # Level, nose north (PX4's identity) is ENU yaw +90°; level, nose east (PX4 yaw +90°) is ENU identity.
+    c = np.cos(np.pi / 4)
+    np.testing.assert_allclose(convert.quat_ned_frd_to_enu_flu([1, 0, 0, 0]), [c, 0, 0, c], atol=1e-12)
+    np.testing.assert_allclose(convert.quat_ned_frd_to_enu_flu([c, 0, 0, c]), [1, 0, 0, 0], atol=1e-12)
+    # Any attitude: the same physical rotation, R_enu_flu = A R_ned_frd B with A, B the axis swaps.
+    a, b = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]]), np.diag([1, -1, -1])
+    for q in np.random.default_rng(1).normal(size=(20, 4)):
+        q /= np.linalg.norm(q)
+        np.testing.assert_allclose(convert.quat_to_matrix(convert.quat_ned_frd_to_enu_flu(q)),
+                                   a @ convert.quat_to_matrix(q) @ b, atol=1e-12)
+
+
+def test_px4_odometry_gives_the_state_ros_odometry_gives():
+    """The same vehicle state sent as ROS Odometry (ENU, body-frame twist) and as PX4's VehicleOdometry arrays
+    (NED, world- or body-frame velocity) reads back as the same 13 values."""
+    rng = np.random.default_rng(2)
+    q_enu = rng.normal(size=4)
+    q_enu /= np.linalg.norm(q_enu)
+    q_enu *= np.sign(q_enu[0])
+    state = np.concatenate([[1.0, -2.0, 3.0], q_enu, [0.5, -0.25, 0.1], [0.01, 0.02, -0.3]])
+    from_ros = convert.odometry_to_state(convert.state_to_odometry(state, 1.0))
+    # the same state in PX4's axes: inverse maps (each is its own inverse; q_NED<-ENU ⊗ q ⊗ q_FLU<-FRD)
+    q_ned = convert.quat_multiply(convert.quat_multiply(convert._Q_ENU_NED, q_enu), convert._Q_FRD_FLU)
+    position, velocity = convert.ned_to_enu(state[:3]), convert.ned_to_enu(state[7:10])
+    rates = convert.frd_to_flu(state[10:13])
+    world = convert.px4_odometry_to_state(position, q_ned, velocity, rates, velocity_frame=1)
+    body_velocity = convert.quat_to_matrix(q_ned).T @ velocity
+    body = convert.px4_odometry_to_state(position, q_ned, body_velocity, rates, velocity_frame=3)
+    for read in (world, body):
+        np.testing.assert_allclose(read, from_ros, atol=1e-9)
+    with pytest.raises(ValueError, match="velocity_frame 2 is not supported"):
+        convert.px4_odometry_to_state(position, q_ned, velocity, rates, velocity_frame=2)
+
+
+def test_px4_velocity_setpoint_is_ned_with_yaw_speed_about_down():
+    velocity, yawspeed = convert.px4_velocity_setpoint([1.0, 0.5, 0.2, 0.3])  # east 1, north .5, up .2, CCW
+    np.testing.assert_array_equal(velocity, [0.5, 1.0, -0.2])
+    assert yawspeed == -0.3
+    with pytest.raises(ValueError, match="vx, vy, vz, yaw_rate"):
+        convert.px4_velocity_setpoint([1.0, 0.0, 0.0])

@@ -49,6 +49,10 @@ def test_refuses_a_checkpoint_the_robot_cannot_serve(launch_node, tiny_checkpoin
     # Real-time chunking guides a flow policy's velocity field; a diffusion checkpoint has none.
     rtc = launch_node("robopolicy-policy-node", {"checkpoint": quad_ckpt, "profile": "sim_quadrotor",
                                                  "executor": "rtc"})
+    # Vehicles whose messages are not here: PX4's come from the vehicle's workspace; Crazyswarm2's
+    # VelocityWorld has a yaw-rate unit we have not verified, so the node does not publish it at all.
+    px4 = launch_node("robopolicy-policy-node", {"checkpoint": quad_ckpt, "profile": "px4"})
+    crazyflie = launch_node("robopolicy-policy-node", {"checkpoint": quad_ckpt, "profile": "crazyflie"})
 
     assert node.wait_exit(timeout=90) == 2
     log = node.log()
@@ -58,6 +62,10 @@ def test_refuses_a_checkpoint_the_robot_cannot_serve(launch_node, tiny_checkpoin
     assert "observation keys ['image_wrist'] are not supplied by this robot" in other.log()
     assert rtc.wait_exit(timeout=90) == 2
     assert "executor 'rtc' inpaints with a flow policy's velocity field; this checkpoint is 'diffusion'" in rtc.log()
+    assert px4.wait_exit(timeout=90) == 2
+    assert "'px4_msgs/msg/" in px4.log() and "build PX4/px4_msgs" in px4.log()
+    assert crazyflie.wait_exit(timeout=90) == 2
+    assert "commands with crazyflie_interfaces/msg/VelocityWorld; this node publishes" in crazyflie.log()
 
 
 def test_the_refusal_check_reads_config_json_without_torch(tiny_checkpoints):
