@@ -203,7 +203,8 @@ def write_markdown(result: dict, path: Path, plot_path: Path) -> None:
              f"{m.get('cpu')} ({m.get('cores')} cores, shared with other jobs: load average in the table), torch "
              f"{m.get('torch')}, one torch thread for inference. Closed loop: the sim bridge and the policy node are "
              "separate processes over DDS on loopback; the node runs at the rate shown (the bridge steps faster than "
-             "real time to publish at that rate), naive executor. Inference runs either in the node's worker "
+             "real time to publish at that rate), naive executor; the diffusion U-Net runs its fast path (fp32, as in "
+             "the speed tables: `PolicyRunner.from_checkpoint(..., fast=True)`). Inference runs either in the node's worker "
              "process (the default) or in a thread of the node itself (`inference_process:=false`), side by side "
              "in one run. Latency is the node's: from the stamp of the "
              "observation a chunk was predicted from to the publish of that chunk's first command. Rate and jitter "
@@ -238,7 +239,16 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--inference", nargs="+", default=list(INFERENCE), choices=list(INFERENCE),
                         help="where the node runs the model: its worker process (the default) or in-process")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md and plot from the JSON")
     args = parser.parse_args()
+    out = RESULTS / "ros_latency.json"
+    plot_path = RESULTS / "plots" / "ros_latency.png"
+    if args.markdown_only:
+        result = json.loads(out.read_text())
+        plot(result["rows"], plot_path)
+        write_markdown(result, RESULTS / "ros_latency.md", plot_path)
+        print(f"wrote {RESULTS / 'ros_latency.md'} from {out}")
+        return
     from ros_nodes.harness import isolate
 
     isolate()
@@ -257,8 +267,6 @@ def main() -> None:
                       f"interval std/p99 {iv['std']}/{iv['p99']} ms, missed {row['missed_ticks']}", flush=True)
 
     result = {"benchmark": "ros_latency", "seconds": args.seconds, "machine": machine_info(), "rows": rows}
-    out = RESULTS / "ros_latency.json"
-    plot_path = RESULTS / "plots" / "ros_latency.png"
     out.write_text(json.dumps(result, indent=2))
     plot(rows, plot_path)
     write_markdown(result, RESULTS / "ros_latency.md", plot_path)

@@ -136,6 +136,18 @@ def array_to_image(arr: np.ndarray, stamp: float | Time, frame_id: str = "", enc
                  step=w * c, data=np.ascontiguousarray(arr).tobytes())
 
 
+def depth_to_image(depth: np.ndarray, stamp: float | Time, frame_id: str = "") -> Image:
+    """float ``(H, W)`` (or ``(H, W, 1)``) depth in metres -> ``sensor_msgs/Image`` ``32FC1`` (REP-118)."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2:
+        raise ValueError(f"a depth image is (H, W) metres, got shape {depth.shape}")
+    h, w = depth.shape
+    return Image(header=header(stamp, frame_id), height=h, width=w, encoding="32FC1", is_bigendian=0, step=4 * w,
+                 data=np.ascontiguousarray(depth).tobytes())
+
+
 # ------------------------------------------------------------------------------------- point clouds
 
 _POINT_DTYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",

@@ -5,7 +5,7 @@ It wraps a registered task and serves the topics of a robot profile, so the whol
 
 | task                                     | profile         | publishes                                        | accepts                     |
 |------------------------------------------|-----------------|--------------------------------------------------|-----------------------------|
-| ``robopolicy/robosuite-<Task>-joint-v0`` | ``sim_panda``     | ``joint_states``, ``ee_pose``, ``object_poses``, ``camera/<cam>/image_raw`` | ``joint_trajectory`` |
+| ``robopolicy/robosuite-<Task>-joint-v0`` | ``sim_panda``     | ``joint_states``, ``ee_pose``, ``object_poses``, ``camera/<cam>/image_raw``, ``camera/<cam>/depth``, ``points`` | ``joint_trajectory`` |
 | ``robopolicy/quadrotor-{hover,track}-v0``| ``sim_quadrotor`` | ``odom``, ``setpoint`` (tracking)                  | ``cmd_vel`` (TwistStamped)    |
 
 Timing: real time. The sim steps at the task's control rate (times ``rate_scale``) on the wall clock;
@@ -43,7 +43,7 @@ import numpy as np
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image, JointState, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -71,6 +71,9 @@ class SimBridgeConfig:
     auto_start: bool = True  # False: after sim/reset wait for sim/start
     cameras: str = ""  # comma-separated camera names to render and publish (arm tasks)
     image_size: int = 84
+    depth: bool = False  # also camera/<cam>/depth: 32FC1 in metres, for each of `cameras`
+    points: bool = False  # `points`: PointCloud2 in the world frame, fused from the task's (or `cameras`') depth
+    num_points: int = 512  # farthest-point downsampled, inside the task's workspace
     cmd_timeout_s: float = 0.5  # quadrotor: older set points mean hover
     max_steps: int = 0  # 0: the task's step cap
     frame_id: str = "world"
@@ -92,8 +95,12 @@ class SimBridge(Node):
         self.profile, self.is_arm = profile, profile.kind == "arm"
         cameras = [c.strip() for c in cfg.cameras.split(",") if c.strip()]
         kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps > 0 else {}
+        if cfg.depth and not cameras:
+            raise ValueError("depth:=true publishes each camera's depth image: name them in 'cameras'")
         if cameras:
-            kwargs.update(render=True, camera=cameras, image_size=cfg.image_size)
+            kwargs.update(render=True, camera=cameras, image_size=cfg.image_size, depth=cfg.depth)
+        if cfg.points:
+            kwargs.update(points=True, num_points=cfg.num_points, image_size=cfg.image_size)
         self.env = sim.make(self.spec.name, **kwargs)
         self.dt_sim = 1.0 / self.spec.control_rate_hz
         self.dt = self.dt_sim / cfg.rate_scale  # wall seconds per step
@@ -109,6 +116,8 @@ class SimBridge(Node):
             self.setpoint_pub = pub(PoseStamped, "setpoint", SENSOR_QOS)
             self.create_subscription(TwistStamped, profile.command.topic, self._on_twist, COMMAND_QOS)
         self.image_pubs = {c: pub(Image, f"camera/{c}/image_raw", SENSOR_QOS) for c in cameras}
+        self.depth_pubs = {c: pub(Image, f"camera/{c}/depth", SENSOR_QOS) for c in cameras if cfg.depth}
+        self.points_pub = pub(PointCloud2, "points", SENSOR_QOS) if cfg.points else None
         self.episode_pub = pub(String, "sim/episode", STATUS_QOS)
         if cfg.publish_clock:
             from rosgraph_msgs.msg import Clock
@@ -287,6 +296,10 @@ class SimBridge(Node):
                 self.setpoint_pub.publish(convert.pose_stamped(np.r_[state[13:16], 1, 0, 0, 0], stamp, fid))
         for cam, publisher in self.image_pubs.items():
             publisher.publish(convert.array_to_image(self.obs[f"image_{cam}"], stamp, cam))
+        for cam, publisher in self.depth_pubs.items():
+            publisher.publish(convert.depth_to_image(self.obs[f"depth_{cam}"], stamp, cam))
+        if self.points_pub is not None:
+            self.points_pub.publish(convert.array_to_pointcloud2(self.obs["points"], stamp, fid))
         if self.cfg.publish_clock:
             msg = self.clock_class()
             msg.clock = convert.seconds_to_stamp(self.sim_time)
