@@ -50,8 +50,8 @@ from hardware.safety import SafetyFilter
 from ros_nodes import convert
 from ros_nodes.observation import ObservationAssembler
 from ros_nodes.params import declare_config
-from ros_nodes.spin import spin_node
 from ros_nodes.qos import COMMAND_QOS, STATUS_QOS, for_source
+from ros_nodes.spin import spin_node
 
 LATENCY_WINDOW = 2000  # samples kept for the latency percentiles in policy/metrics
 # What the node can publish. Crazyswarm2's VelocityWorld is not among them: the unit of its yaw_rate is

@@ -51,8 +51,8 @@ from trajectory_msgs.msg import JointTrajectory
 from hardware.profile import load_profile
 from ros_nodes import convert
 from ros_nodes.params import declare_config
-from ros_nodes.spin import spin_node
 from ros_nodes.qos import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
+from ros_nodes.spin import spin_node
 
 # The robosuite Panda's state layout (sim/robosuite_tasks.py) and the joint names of profile sim_panda.
 PANDA_FINGERS = ("panda_finger_joint1", "panda_finger_joint2")
