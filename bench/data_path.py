@@ -10,7 +10,8 @@ or (B, To, C, H, W) as the reference's dataset returns them.
 The reference figures are Diffusion Policy's, measured on this machine kind (shared/reference/
 peer-baselines.md). The same-run rows re-implement its per-sample `__getitem__` (SequenceSampler's copy with
 edge padding, then `moveaxis(img) / 255` to float64 for images, a float32 concat for low-dim) so that both
-paths meet the same machine load; the ratios in the table use the published figures. One torch thread.
+paths meet the same machine load; the ratios in the table use the published figures. Torch threads: all
+cores by default, as the trainer and the published peer figures run (`--threads 1` for one).
 Prints a table, writes JSON (machine, load average) and a markdown section for BENCHMARKS.md.
 """
 
@@ -100,8 +101,8 @@ class ReferenceDataset:
         return {"obs": torch.from_numpy(obs), "action": torch.from_numpy(w["action"].astype(np.float32))}
 
 
-def bench(episodes: int, steps: int, batch_size: int, lowdim_batch: int, seconds: float) -> dict:
-    torch.set_num_threads(1)
+def bench(episodes: int, steps: int, batch_size: int, lowdim_batch: int, seconds: float, threads: int) -> dict:
+    torch.set_num_threads(threads)
     arrays, ends = make_store(episodes, steps)
     stats = {k: {"min": a.min(0), "max": a.max(0), "mean": a.mean(0), "std": a.std(0)}
              for k, a in arrays.items() if k != "image"}
@@ -203,7 +204,7 @@ def markdown(result: dict) -> str:
              f"In-memory store of {result['episodes']} episodes × {result['steps_per_episode']} steps "
              f"({result['windows']:,} windows), 96×96 RGB + 20-d state + 2-d action, H={result['horizon']}, "
              f"To={result['n_obs_steps']}; model-ready means normalised float32 torch tensors. "
-             "One torch thread. "
+             f"{result.get('torch_threads', 1)} torch thread(s). "
              f"Load average during the run: {result['load_average_before'][0]:.2f} → "
              f"{result['load_average_after'][0]:.2f} (2 cores). `python bench/data_path.py`.", "",
              "| path | windows/s | reference | ratio | note |", "|---|---:|---:|---:|---|"]
@@ -218,7 +219,7 @@ def markdown(result: dict) -> str:
               f"{result['batch_size']}: {met} in this run.", "",
               f"Profile of one image batch of {result['batch_size']}: the uint8 gather alone runs at "
               f"{r['image_profile_gather']:,.0f} windows/s and the fused uint8→float32 normalisation alone at "
-              f"{r['image_profile_convert']:,.0f}; writing 221 kB of float32 per window (one core's memory "
+              f"{r['image_profile_convert']:,.0f}; writing 221 kB of float32 per window (memory "
               "bandwidth) is the cost, and the per-sample reference writes 16× as many bytes (16 frames, float64). "
               f"Reused output buffers ran at {r['image_fast']:,.0f}/s and fresh ones at "
               f"{r['image_fresh_buffers']:,.0f}/s here: the trainer reuses them anyway, since fresh pages cost a "
@@ -236,11 +237,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lowdim-batch-size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=1.5, help="timing per row")
     parser.add_argument("--out", help="JSON (default bench/results/data_path.json; --quick: a temp folder)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, all cores)")
     args = parser.parse_args(argv)
 
     episodes, seconds = (20, 0.3) if args.quick else (200, args.seconds)
     load_before = os.getloadavg()
-    result = bench(episodes, 150, args.batch_size, args.lowdim_batch_size, seconds)
+    threads = args.threads or torch.get_num_threads()
+    result = bench(episodes, 150, args.batch_size, args.lowdim_batch_size, seconds, threads)
+    result["torch_threads"] = threads
     result.update(benchmark="data_path", quick=args.quick, reference=REFERENCE, target_image=TARGET_IMAGE,
                   load_average_before=load_before, load_average_after=os.getloadavg(), machine=machine_info())
     result["image_ratio"] = result["windows_per_s"]["image_fast"] / REFERENCE["image_getitem"]

@@ -34,8 +34,11 @@ import yaml
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 KINDS = ("arm", "quadrotor")
 ACTION_SEMANTICS = ("joint_pos", "ee_delta", "ee_pose", "metaworld", "velocity_setpoint", "motor_commands")
-# DESIGN §9: silence makes a position-controlled arm hold; silence trips a quadrotor's failsafe.
-HOLD_FOR_KIND = {"arm": "stop", "quadrotor": "hover"}
+# DESIGN §9: silence makes a position-controlled arm hold; silence trips a quadrotor's failsafe, so a
+# quadrotor flown by set points hovers (zero velocity). One flown by motor commands has no "hover" command to
+# send (open-loop thrust is not a hold): it falls silent on purpose, and its flight controller's failsafe
+# holds position (PX4's mc_raptor after 200 ms without set points; the sim bridge does the same).
+HOLD_FOR_KIND = {"arm": ("stop",), "quadrotor": ("hover", "failsafe")}
 FIRST_STEP_MODES = ("ramp", "refuse")
 CONVENTIONS = ("enu", "ned")
 FRAMES = ("world", "body")
@@ -213,12 +216,15 @@ def profile_from_dict(raw: Any, path: Path | None = None) -> RobotProfile:
     if semantics not in ACTION_SEMANTICS:
         raise ProfileError(f"{where}: unknown action_semantics {semantics!r}; "
                            f"known: {list(ACTION_SEMANTICS)}")
-    if hold != HOLD_FOR_KIND[kind]:
-        raise ProfileError(f"{where}: an {kind} holds by {HOLD_FOR_KIND[kind]!r}, not {hold!r} "
+    if hold not in HOLD_FOR_KIND[kind]:
+        raise ProfileError(f"{where}: an {kind} holds by {' or '.join(HOLD_FOR_KIND[kind])}, not {hold!r} "
                            "(DESIGN §9: never send zeros to a position-controlled arm; a quadrotor hovers)")
     if hold == "hover" and semantics != "velocity_setpoint":
         raise ProfileError(f"{where}: hover is a zero velocity set point, so it needs action_semantics "
                            f"'velocity_setpoint', not {semantics!r}")
+    if hold == "failsafe" and semantics != "motor_commands":
+        raise ProfileError(f"{where}: 'failsafe' (fall silent, the flight controller holds) is for motor "
+                           f"commands; a {semantics!r} quadrotor holds by 'hover'")
 
     actions = raw["actions"]
     if not isinstance(actions, list) or not actions:

@@ -17,7 +17,9 @@ In order, a tick is held when:
 
 Holding follows the robot (DESIGN §9): an arm publishes nothing, so its position controller keeps the
 last command (a zero would mean "go to the origin"); a quadrotor publishes the zero velocity set point,
-since silence would trip its failsafe. After a hold an arm's next command is guarded like a first one.
+since silence would trip its failsafe; a quadrotor flown by motor commands (hold ``failsafe``) publishes
+nothing, on purpose, so that its flight controller's failsafe holds position. After a hold, the next
+command of a silent robot is guarded like a first one.
 
 Otherwise the command is clamped to the action limits and rate-limited: no dimension moves more than
 ``max_rate * dt`` from the reference, which is the last published command (``dt`` = the time since it,
@@ -48,7 +50,7 @@ ESTOPPED = "estopped"
 HEARTBEAT_LOST = "heartbeat_lost"
 NO_STATE = "no_measured_state"
 
-SUPPORTED_SEMANTICS = ("joint_pos", "velocity_setpoint")
+SUPPORTED_SEMANTICS = ("joint_pos", "velocity_setpoint", "motor_commands")
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,8 @@ class SafetyFilter:
     def _hold(self, now: float, flag: str, detail: str, extra: set | None = None) -> SafetyDecision:
         flags = frozenset({flag} | (extra or set()))
         if self.hover is None:
-            # Arm: publish nothing; the controller keeps the last command. Re-guard the next one.
+            # Arm: publish nothing, the controller keeps the last command; a motor-level quadrotor: nothing,
+            # its flight controller's failsafe holds. Re-guard the next one.
             self.reset()
             return SafetyDecision(command=None, held=True, flags=flags, detail=detail)
         # Quadrotor: zero velocity, and the slew limit resumes from it.

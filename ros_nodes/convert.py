@@ -20,7 +20,7 @@ from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Image, JointState, PointCloud2, PointField
-from std_msgs.msg import Header
+from std_msgs.msg import Float32MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 
@@ -346,6 +346,20 @@ def twist_stamped(v, stamp: float | Time, frame: str = "world") -> TwistStamped:
     msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(x) for x in v[:3])
     msg.twist.angular.z = float(v[3])
     return msg
+
+
+def float32_array(values) -> Float32MultiArray:
+    """``(n,)`` values (e.g. normalised motor commands) -> ``std_msgs/Float32MultiArray`` (one unlabelled dim)."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    return Float32MultiArray(data=values.tolist())
+
+
+def float32_array_values(msg: Float32MultiArray, size: int) -> np.ndarray:
+    """``Float32MultiArray`` -> ``(size,)`` float64; a clear error for another length."""
+    values = np.asarray(msg.data, dtype=np.float64)
+    if values.shape != (size,):
+        raise ValueError(f"expected {size} values, the message has {values.size}")
+    return values
 
 
 def twist_to_setpoint(msg: TwistStamped) -> np.ndarray:

@@ -57,7 +57,7 @@ LATENCY_WINDOW = 2000  # samples kept for the latency percentiles in policy/metr
 # What the node can publish. Crazyswarm2's VelocityWorld is not among them: the unit of its yaw_rate is
 # unverified (hardware/profiles/crazyflie.yaml), and a wrong guess is a factor of 57 on a real vehicle.
 COMMAND_MESSAGES = ("trajectory_msgs/msg/JointTrajectory", "geometry_msgs/msg/TwistStamped",
-                    "px4_msgs/msg/TrajectorySetpoint")
+                    "px4_msgs/msg/TrajectorySetpoint", "std_msgs/msg/Float32MultiArray")
 
 
 @dataclass
@@ -125,7 +125,7 @@ class PolicyNode(Node):
         self.chunker = make_executor(cfg.executor, self.To, self.Ta, self.H, **kwargs)
         self.assembler = ObservationAssembler(profile, self.runner.obs_shapes, sources=match.observations)
         self.safety = SafetyFilter(profile)
-        self.is_arm = profile.kind == "arm"
+        self.silent_hold = profile.hold != "hover"  # an arm, or a motor-level quadrotor: holds by silence
 
         # ---- shared state (guarded by self.lock) -----------------------------------------------------
         self.lock = threading.Lock()
@@ -378,7 +378,7 @@ class PolicyNode(Node):
             now = self.now()
             if action is None:
                 self.m["starved_ticks"] += 1
-                if self.is_arm:
+                if self.silent_hold:
                     self._note_decision(None, held=True, flags=("no_action",))
                     continue
                 action = np.zeros(self.profile.action_dim)  # hover while the first chunk is computed
@@ -400,6 +400,8 @@ class PolicyNode(Node):
             msg = convert.joint_trajectory(self.profile.joint_names, command[None], self.period, now)
         elif msg_type == "px4_msgs/msg/TrajectorySetpoint":
             msg = convert.trajectory_setpoint(command, now)  # ENU -> NED
+        elif msg_type == "std_msgs/msg/Float32MultiArray":
+            msg = convert.float32_array(command)  # motor commands
         else:
             msg = convert.twist_stamped(command, now, frame="world")
         self.command_pub.publish(msg)

@@ -7,6 +7,7 @@ It wraps a registered task and serves the topics of a robot profile, so the whol
 |------------------------------------------|-----------------|--------------------------------------------------|-----------------------------|
 | ``robopolicy/robosuite-<Task>-joint-v0`` | ``sim_panda``     | ``joint_states``, ``ee_pose``, ``object_poses``, ``camera/<cam>/image_raw``, ``camera/<cam>/depth``, ``points`` | ``joint_trajectory`` |
 | ``robopolicy/quadrotor-{hover,track}-v0``| ``sim_quadrotor`` | ``odom``, ``setpoint`` (tracking)                  | ``cmd_vel`` (TwistStamped)    |
+| ``robopolicy/quadrotor-{hover,track}-motors-v0`` | ``sim_quadrotor_motors`` | ``odom``, ``setpoint`` (tracking) | ``motor_commands`` (Float32MultiArray, FR BR BL FL in [-1, 1]) |
 
 Timing: real time. The sim steps at the task's control rate (times ``rate_scale``) on the wall clock;
 a step that is late by more than one period re-anchors the schedule (counted as an overrun) rather
@@ -21,7 +22,11 @@ Commands are tracked like the robot's own controllers would:
   ``time_from_start``, and its last point is held. A step applies the position the trajectory asks for
   at the *end* of that step (absolute joint position control, gripper last);
 - ``TwistStamped`` as a flight controller does: the latest set point, and zero velocity (hover) once it
-  is older than ``cmd_timeout_s``.
+  is older than ``cmd_timeout_s``;
+- motor commands (``Float32MultiArray``) as a flight controller with an onboard learned policy does
+  (PX4's mc_raptor): the latest command, and once it is older than ``motor_timeout_s`` the failsafe, the
+  task's cascaded controller holding the position where the commands stopped (``failsafe_steps`` in
+  ``sim/episode``).
 
 Episodes: episode ``i`` is seeded ``seed + i`` (1000 + i by default, like ``sim.evaluate``). An episode's
 clock starts at its first command (the state before it is ``armed``); it ends at success, a crash or
@@ -44,7 +49,7 @@ from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState, PointCloud2
-from std_msgs.msg import String
+from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -57,7 +62,8 @@ from ros_nodes.spin import spin_node
 # The robosuite Panda's state layout (sim/robosuite_tasks.py) and the joint names of profile sim_panda.
 PANDA_FINGERS = ("panda_finger_joint1", "panda_finger_joint2")
 EE, FINGERS, ARM, OBJECTS = slice(0, 7), slice(7, 9), slice(9, 16), slice(16, None)
-DEFAULT_PROFILE = {"joint_pos": "sim_panda", "velocity_setpoint": "sim_quadrotor"}
+DEFAULT_PROFILE = {"joint_pos": "sim_panda", "velocity_setpoint": "sim_quadrotor",
+                   "motor_commands": "sim_quadrotor_motors"}
 STATES = ("ready", "armed", "running", "done")
 
 
@@ -75,6 +81,7 @@ class SimBridgeConfig:
     points: bool = False  # `points`: PointCloud2 in the world frame, fused from the task's (or `cameras`') depth
     num_points: int = 512  # farthest-point downsampled, inside the task's workspace
     cmd_timeout_s: float = 0.5  # quadrotor: older set points mean hover
+    motor_timeout_s: float = 0.2  # motor-level quadrotor: older commands hand over to the failsafe (mc_raptor's)
     max_steps: int = 0  # 0: the task's step cap
     frame_id: str = "world"
 
@@ -114,7 +121,16 @@ class SimBridge(Node):
         else:
             self.odom_pub = pub(Odometry, "odom", SENSOR_QOS)
             self.setpoint_pub = pub(PoseStamped, "setpoint", SENSOR_QOS)
-            self.create_subscription(TwistStamped, profile.command.topic, self._on_twist, COMMAND_QOS)
+            if profile.action_semantics == "motor_commands":
+                self.create_subscription(Float32MultiArray, profile.command.topic, self._on_motors, COMMAND_QOS)
+                # Motor commands that stop (a silent hold, a dead node) hand the vehicle to its own
+                # controller: the task's cascade holds the position where they stopped (see failsafe_steps).
+                from sim.quadrotor.expert import QuadrotorExpert
+
+                self.failsafe = QuadrotorExpert("track" if "track" in self.spec.name else "hover",
+                                                "motor_commands")
+            else:
+                self.create_subscription(TwistStamped, profile.command.topic, self._on_twist, COMMAND_QOS)
         self.image_pubs = {c: pub(Image, f"camera/{c}/image_raw", SENSOR_QOS) for c in cameras}
         self.depth_pubs = {c: pub(Image, f"camera/{c}/depth", SENSOR_QOS) for c in cameras if cfg.depth}
         self.points_pub = pub(PointCloud2, "points", SENSOR_QOS) if cfg.points else None
@@ -158,6 +174,7 @@ class SimBridge(Node):
                 self.trajectory = None
             else:
                 self.twist, self.twist_received = np.zeros(4), -np.inf
+                self.failsafe_steps, self.failsafe_engaged = 0, False
             self.state = "armed" if self.cfg.auto_start else "ready"
         self._publish_sensors(self.now())
         self._publish_episode()
@@ -265,6 +282,18 @@ class SimBridge(Node):
             self.twist, self.twist_received = convert.twist_to_setpoint(msg), time.monotonic()
             self.commands += 1
 
+    def _on_motors(self, msg: Float32MultiArray) -> None:
+        try:
+            command = convert.float32_array_values(msg, 4)
+        except ValueError as e:
+            self.get_logger().error(f"motor commands ignored: {e}", throttle_duration_sec=2.0)
+            return
+        with self.lock:
+            if not self._accepting(0.0):  # Float32MultiArray has no stamp
+                return
+            self.twist, self.twist_received = command, time.monotonic()
+            self.commands += 1
+
     def _trajectory_position(self, t: float) -> np.ndarray:
         """(lock held) The arm's commanded positions (A,) at time ``t``: interpolated, last point held."""
         if self.trajectory is None:
@@ -276,9 +305,20 @@ class SimBridge(Node):
         with self.lock:
             if self.is_arm:
                 return self._trajectory_position(t + self.dt)  # where the joints should be at the step's end
-            if time.monotonic() - self.twist_received > self.cfg.cmd_timeout_s:
-                return np.zeros(4)
-            return self.twist.copy()
+            motors = self.profile.action_semantics == "motor_commands"
+            timeout = self.cfg.motor_timeout_s if motors else self.cfg.cmd_timeout_s
+            timed_out = time.monotonic() - self.twist_received > timeout
+            if not motors:
+                return np.zeros(4) if timed_out else self.twist.copy()  # hover when set points stop
+            if not timed_out:
+                self.failsafe_engaged = False
+                return self.twist.copy()
+            if not self.failsafe_engaged:  # hold where the commands stopped
+                self.failsafe.reset()
+                self.failsafe.hold(self.obs["state"][:3])
+                self.failsafe_engaged = True
+            self.failsafe_steps += 1
+            return self.failsafe(self.obs)
 
     # ---- publishing ---------------------------------------------------------------------------------------
 
@@ -309,6 +349,7 @@ class SimBridge(Node):
         return {"episode": self.episode, "seed": self.seed, "task": self.spec.name, "state": self.state,
                 "steps": self.steps, "success": self.success, "return": self.total_reward,
                 "commands": self.commands, "overruns": self.overruns, "max_steps": self.env.max_steps,
+                "failsafe_steps": getattr(self, "failsafe_steps", 0),
                 "wall_s": None if self.started_wall is None else time.time() - self.started_wall,
                 "info": self.info}
 

@@ -29,10 +29,18 @@ class QuadrotorExpert:
         self.dt = 1.0 / spec.control_rate_hz
         self.gains = gains
         self.cascade = Cascade(gains=gains)
+        self.held = None
         self.name = f"QuadrotorExpert({spec.short_name})"
 
     def reset(self) -> None:
         self.cascade.reset()
+        self.held: np.ndarray | None = None
+
+    def hold(self, position) -> None:
+        """From now on fly to and hold ``position`` (3,) m, world, whatever the task's reference: a flight
+        controller's failsafe position hold (the ROS sim bridge's, when a motor-level policy falls silent).
+        ``reset()`` forgets it."""
+        self.held = np.asarray(position, dtype=np.float64).reshape(3)
 
     def __call__(self, obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
         state = obs["state"] if isinstance(obs, dict) else obs
@@ -40,7 +48,9 @@ class QuadrotorExpert:
         if state.shape != (self.state_dim,):
             raise ValueError(f"{self.name} expects a ({self.state_dim},) state, got {state.shape}")
         position, quat, velocity, omega = state[0:3], state[3:7], state[7:10], state[10:13]
-        if self.task == "track":
+        if self.held is not None:
+            ref_p, ref_v = self.held, np.zeros(3)
+        elif self.task == "track":
             ref_p, ref_v = state[13:16], state[16:19]
         else:
             ref_p, ref_v = np.array(tasks.HOVER_TARGET), np.zeros(3)

@@ -16,6 +16,7 @@ from hardware.profile import PROFILE_DIR
 from robopolicy.policies.base import PolicyConfig
 
 NAMES = ["crazyflie", "lowcost_arm", "px4", "sim_panda", "sim_quadrotor", "ur5e"]  # DESIGN §11
+PACKAGED = sorted([*NAMES, "sim_quadrotor_motors"])  # and the motor-level sim quadrotor
 
 
 def raw(name: str) -> dict:
@@ -30,9 +31,9 @@ def ckpt(obs_shapes: dict, action_dim: int, semantics: str | None, rate: float |
             "control_rate_hz": rate}
 
 
-def test_the_six_profiles_load():
-    assert list_profiles() == NAMES
-    for name in NAMES:
+def test_the_packaged_profiles_load():
+    assert list_profiles() == PACKAGED
+    for name in PACKAGED:
         p = load_profile(name)
         assert p.name == name and p.path == PROFILE_DIR / f"{name}.yaml"
         assert p.action_limits.shape == (p.action_dim, 2) and p.max_rate.shape == (p.action_dim,)
@@ -43,12 +44,16 @@ def test_the_six_profiles_load():
             assert (p.hold, p.action_semantics, p.command.msg_type) == (
                 "stop", "joint_pos", "trajectory_msgs/msg/JointTrajectory")
             assert "gripper" in p.joint_names[-1] or "knuckle" in p.joint_names[-1]  # gripper last
+        elif p.action_semantics == "motor_commands":  # silent hold: the flight controller's failsafe holds
+            assert (p.hold, p.action_dim, p.command.msg_type) == (
+                "failsafe", 4, "std_msgs/msg/Float32MultiArray")
+            assert p.low_dim_sizes("state") == [13, 16, 19]
         else:
             assert (p.hold, p.action_semantics, p.action_names) == (
                 "hover", "velocity_setpoint", ("vx", "vy", "vz", "yaw_rate"))
             assert p.low_dim_sizes("state") == [13, 16, 19]
     # Real robots carry the dead-man; simulated ones run without it.
-    with_dead_man = [n for n in NAMES if load_profile(n).heartbeat_timeout_s]
+    with_dead_man = [n for n in PACKAGED if load_profile(n).heartbeat_timeout_s]
     assert with_dead_man == ["crazyflie", "lowcost_arm", "px4", "ur5e"]
     assert load_profile(PROFILE_DIR / "ur5e.yaml").action_dim == 7  # by path too
 
@@ -107,7 +112,7 @@ def test_unknown_profile_lists_the_known_ones():
     (lambda r: r["actions"][1].update(max_rate=0), "max_rate must be positive"),
     (lambda r: r.update(action_semantics="joint_velocity"), "unknown action_semantics 'joint_velocity'"),
     (lambda r: r.update(kind="boat"), "kind must be one of"),
-    (lambda r: r.update(hold="hover"), "an arm holds by 'stop'"),
+    (lambda r: r.update(hold="hover"), "an arm holds by stop, not 'hover'"),
     (lambda r: r["actions"].pop(), "feedback supplies 7 values but there are 6 actions"),
     (lambda r: r["actions"].append(dict(r["actions"][0])), "action names repeat"),
     (lambda r: r["observations"]["state"][0].pop("joints"), "lists the joints it reads"),
@@ -136,7 +141,14 @@ def test_a_quadrotor_must_hover_inside_its_limits():
         profile_from_dict(bad)
     bad = copy.deepcopy(raw("px4"))
     bad["hold"] = "stop"
-    with pytest.raises(ProfileError, match="quadrotor holds by 'hover'"):
+    with pytest.raises(ProfileError, match="quadrotor holds by hover or failsafe"):
+        profile_from_dict(bad)
+    bad["hold"] = "failsafe"  # falling silent is for motor commands; set points hover
+    with pytest.raises(ProfileError, match="'failsafe' .* is for motor commands"):
+        profile_from_dict(bad)
+    bad = copy.deepcopy(raw("sim_quadrotor_motors"))
+    bad["hold"] = "hover"  # there is no zero-velocity set point among motor commands
+    with pytest.raises(ProfileError, match="hover is a zero velocity set point"):
         profile_from_dict(bad)
 
 

@@ -12,11 +12,12 @@ TINY_POLICY = {"down_dims": (32, 64), "step_embed_dim": 32, "horizon": 8, "n_act
                "num_inference_steps": 4}
 TINY_TRAIN = {"steps": 30, "batch_size": 32, "warmup_steps": 5, "val_every": 30, "val_episodes": 1,
               "save_every": 30, "log_every": 10}
-TASKS = {"arm": ("robopolicy/robosuite-Lift-joint-v0", 40), "quadrotor": ("robopolicy/quadrotor-hover-v0", 100)}
+TASKS = {"arm": ("robopolicy/robosuite-Lift-joint-v0", 40), "quadrotor": ("robopolicy/quadrotor-hover-v0", 100),
+         "quadrotor-motors": ("robopolicy/quadrotor-hover-motors-v0", 200)}
 
 
 def tiny_checkpoint(kind: str, root: Path, policy: str = "diffusion") -> tuple[Path, Path]:
-    """(checkpoint dir, store) for ``kind`` in ``arm`` | ``quadrotor``, built under ``root`` (one store per
+    """(checkpoint dir, store) for ``kind`` in ``TASKS``, built under ``root`` (one store per
     kind, shared by the policies trained on it)."""
     from robopolicy.train.trainer import train
     from sim.collect import collect

@@ -58,8 +58,9 @@ def launch_node(ros_domain, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict:
     """``{"arm": (ckpt, store), "quadrotor": (ckpt, store), "quadrotor-flow": (ckpt, store)}``: tiny diffusion
-    checkpoints of robosuite-Lift-joint-v0 and quadrotor-hover-v0, and a flow one of the latter (for RTC),
-    trained from expert demos once per session."""
+    checkpoints of robosuite-Lift-joint-v0 and quadrotor-hover-v0, a flow one of the latter (for RTC) and a
+    diffusion one of quadrotor-hover-motors-v0 (``"quadrotor-motors"``), trained from expert demos once per
+    session."""
     import torch
 
     from tests.ros.checkpoints import tiny_checkpoint
@@ -70,6 +71,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict:
     try:
         checkpoints = {kind: tiny_checkpoint(kind, root) for kind in ("arm", "quadrotor")}
         checkpoints["quadrotor-flow"] = tiny_checkpoint("quadrotor", root, "flow")
+        checkpoints["quadrotor-motors"] = tiny_checkpoint("quadrotor-motors", root)
         return checkpoints
     finally:
         torch.set_num_threads(threads)

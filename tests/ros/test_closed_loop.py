@@ -4,6 +4,7 @@ velocity set points, temporal ensemble; and a flow policy with real-time chunkin
 episode is started through ``sim/reset``."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,12 +13,12 @@ pytest.importorskip("rclpy")
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
+from std_msgs.msg import Float32MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ros_nodes import convert  # noqa: E402
-from ros_nodes.qos import SENSOR_QOS, STATUS_QOS  # noqa: E402
+from ros_nodes.qos import COMMAND_QOS, SENSOR_QOS, STATUS_QOS  # noqa: E402
 from tests.ros.conftest import wait_for  # noqa: E402
 
 
@@ -96,3 +97,41 @@ def test_quadrotor_closed_loop_with_real_time_chunking(launch_node, ros_node, ti
     # every chunk after the first was inpainted onto the one running
     assert metrics["counters"]["guided_chunks"] >= 3
     assert metrics["counters"]["guided_chunks"] >= metrics["counters"]["chunks"] - 2
+
+
+def test_motor_level_quadrotor_closed_loop(launch_node, ros_node, tiny_checkpoints):
+    """A motor-command policy (profile sim_quadrotor_motors): Float32MultiArray at 100 Hz, within [-1, 1]."""
+    ckpt, _ = tiny_checkpoints["quadrotor-motors"]
+    report, metrics, sensed, commands = run_episode(
+        launch_node, ros_node, ckpt, "sim_quadrotor_motors", "quadrotor-hover-motors-v0", 100,
+        (Odometry, "odom"), (Float32MultiArray, "motor_commands"))
+    assert report["steps"] == 100 or report["info"].get("crashed")
+    assert report["commands"] >= report["steps"] // 5
+    assert metrics["counters"]["chunks"] >= 5
+    values = np.array([m.data for _, m in commands])
+    assert values.shape[1] == 4 and np.all(np.abs(values) <= 1.0)
+
+
+def test_motor_level_failsafe_holds_position_when_commands_stop(launch_node, ros_node):
+    """Motor commands that stop (a node that holds by falling silent, or dies) hand the vehicle to the
+    bridge's failsafe, which holds the position where they stopped, as PX4's mc_raptor does."""
+    episodes = ros_node.collect(String, "sim/episode", STATUS_QOS)
+    odom = ros_node.collect(Odometry, "odom", SENSOR_QOS)
+    motors = ros_node.node.create_publisher(Float32MultiArray, "motor_commands", COMMAND_QOS)
+    bridge = launch_node("robopolicy-sim-bridge", {"task": "robopolicy/quadrotor-hover-motors-v0",
+                                                   "max_steps": 300})
+    wait_for(lambda: odom and last_json(episodes).get("state") == "armed", 60, what="the armed bridge")
+    # Commands that would let it fall (a quarter of full thrust), for 0.1 s; then nothing.
+    for _ in range(10):
+        motors.publish(convert.float32_array([0.0, 0.0, 0.0, 0.0]))
+        time.sleep(0.01)
+    stopped_at = time.monotonic()
+    wait_for(lambda: last_json(episodes).get("state") == "done", 30, what="the episode to end")
+    report = last_json(episodes)
+    assert bridge.running(), bridge.log()
+    assert report["steps"] == 300 and not report["info"].get("crashed"), report
+    assert report["failsafe_steps"] >= 200  # all but the commanded 0.1 s and the 0.2 s timeout
+    positions = np.array([convert.odometry_to_state(m)[:3] for t, m in odom if t > stopped_at])
+    held = positions[-50:]  # the last half second
+    assert np.ptp(held, axis=0).max() < 0.05  # holding still
+    assert np.linalg.norm(held[-1] - positions[0]) < 0.3  # near where the commands stopped
