@@ -50,6 +50,7 @@ from ros_nodes.params import declare_config
 
 JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
+FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"  # motor commands
 
 @dataclass
 class RecorderConfig:
@@ -94,12 +95,13 @@ class Recorder(Node):
             raise ValueError(f"obs_keys {unknown} are not in profile {profile.name!r}; "
                              f"it supplies {profile.obs_keys}")
 
-        # What was commanded: the profile's command if we can read it; a quadrotor's TwistStamped otherwise.
+        # What was commanded: the profile's command if we can read it; a set-point quadrotor's TwistStamped
+        # otherwise (e.g. a PX4 vehicle flown from a TwistStamped teleop).
         command_type = profile.command.msg_type
-        if command_type not in (JOINT_TRAJECTORY, TWIST_STAMPED):
-            if profile.kind != "quadrotor":
+        if command_type not in (JOINT_TRAJECTORY, TWIST_STAMPED, FLOAT32_ARRAY):
+            if profile.action_semantics != "velocity_setpoint":
                 raise ValueError(f"profile {profile.name!r} commands {command_type}; the recorder reads "
-                                 f"{JOINT_TRAJECTORY} for arms")
+                                 f"{JOINT_TRAJECTORY}, {TWIST_STAMPED} and {FLOAT32_ARRAY}")
             command_type = TWIST_STAMPED
         self.command_type = command_type
         self.command_topic = cfg.command_topic or (
@@ -168,8 +170,9 @@ class Recorder(Node):
                 "action": {"role": "action", "semantics": profile.action_semantics,
                            "names": list(profile.action_names),
                            "limits": profile.action_limits.tolist(),
-                           "source": "JointTrajectory target at the sampling instant"
-                           if self.command_type == JOINT_TRAJECTORY else "newest TwistStamped set point"},
+                           "source": {JOINT_TRAJECTORY: "JointTrajectory target at the sampling instant",
+                                      TWIST_STAMPED: "newest TwistStamped set point",
+                                      FLOAT32_ARRAY: "newest motor command"}[self.command_type]},
                 "timestamp": {"role": "time", "units": "s", "clock": "ROS node clock at sampling"},
             },
             "provenance": {"source": "teleop" if self.cfg.teleop else "ros2",
@@ -206,6 +209,14 @@ class Recorder(Node):
         if self.command_type == TWIST_STAMPED:
             self._target = convert.twist_to_setpoint(msg)
             self._counts[self.command_topic] = self._counts.get(self.command_topic, 0) + 1
+        elif self.command_type == FLOAT32_ARRAY:
+            try:
+                self._target = convert.float32_array_values(msg, self.profile.action_dim)
+            except ValueError as e:
+                self.get_logger().error(f"ignoring a command on {self.command_topic!r}: {e}",
+                                        throttle_duration_sec=5.0)
+                return
+            self._counts[self.command_topic] = self._counts.get(self.command_topic, 0) + 1
         else:
             try:
                 times, positions = convert.trajectory_to_arrays(msg, self.profile.action_names)
@@ -221,7 +232,7 @@ class Recorder(Node):
         self._command_received = now
 
     def _action(self, now: float) -> np.ndarray:
-        if self.command_type == TWIST_STAMPED:
+        if self.command_type in (TWIST_STAMPED, FLOAT32_ARRAY):
             return np.asarray(self._target, dtype=np.float32)
         start, times, positions = self._target
         return trajectory_target(times, positions, now - start).astype(np.float32)

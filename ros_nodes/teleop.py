@@ -111,6 +111,10 @@ class TeleopNode(Node):
         if not 0 < cfg.speed <= 1:
             raise ValueError(f"parameter 'speed' must be in (0, 1], got {cfg.speed}")
         self.profile = profile = load_profile(cfg.profile)
+        if profile.action_semantics not in ("joint_pos", "velocity_setpoint"):
+            raise ValueError(f"teleop jogs joints or flies velocity set points; profile {profile.name!r} takes "
+                             f"{profile.action_semantics!r} (record a motor-level vehicle's own controller "
+                             "instead, e.g. the task's expert)")
         self.rate_hz = cfg.rate_hz if cfg.rate_hz > 0 else profile.control_rate_hz
         self.period = 1.0 / self.rate_hz
         self.is_arm = profile.kind == "arm"

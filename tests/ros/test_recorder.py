@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 from geometry_msgs.msg import TwistStamped  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
+from std_msgs.msg import Float32MultiArray, String  # noqa: E402
 
 from robopolicy.store import DemoStore, EpisodeWriter  # noqa: E402
 from ros_nodes import convert  # noqa: E402
@@ -45,6 +45,39 @@ class SetPoints:
     def stop(self):
         self.stopped.set()
         self.thread.join()
+
+
+def test_records_motor_commands(launch_node, ros_node, tmp_path):
+    """A motor-level vehicle (profile sim_quadrotor_motors): the action is the newest Float32MultiArray."""
+    store = tmp_path / "motors.zarr"
+    recorder = launch_node("robopolicy-recorder", {"store": str(store), "profile": "sim_quadrotor_motors",
+                                                   "task": "robopolicy/quadrotor-hover-motors-v0"})
+    launch_node("robopolicy-sim-bridge", {"task": "robopolicy/quadrotor-hover-motors-v0"})
+    motors = ros_node.node.create_publisher(Float32MultiArray, "motor_commands", COMMAND_QOS)
+    command = np.array([0.41, 0.39, 0.41, 0.39], np.float32)
+    stop = threading.Event()
+
+    def pilot():
+        while not stop.is_set():
+            motors.publish(convert.float32_array(command))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=pilot, daemon=True)
+    thread.start()
+    try:
+        start_when_ready(ros_node, recorder, 60)
+        time.sleep(0.5)
+        ok, message = ros_node.trigger("recorder/stop")
+        assert ok and message.startswith("committed episode 0"), message
+    finally:
+        stop.set()
+        thread.join()
+    with DemoStore.open(store) as s:
+        assert s.action_semantics == "motor_commands" and s.control_rate_hz == 100.0
+        episode = s.episode(0)
+        assert len(episode["action"]) >= 20 and episode["state"].shape[1] == 13
+        np.testing.assert_allclose(episode["action"], np.broadcast_to(command, episode["action"].shape))
+        assert s.attrs["ros"]["command"]["msg_type"] == "std_msgs/msg/Float32MultiArray"
 
 
 def start_when_ready(ros, node, timeout: float = 30.0) -> str:
