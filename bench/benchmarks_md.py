@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,6 +39,16 @@ def output_path(name: str, out: str | None, quick: bool) -> Path:
         return Path(out)
     folder = Path(tempfile.gettempdir()) / "robopolicy-bench-quick" if quick else RESULTS
     return folder / f"{name}.json"
+
+
+def write_results(result: dict, out: Path, quick: bool, markdown: Callable[[dict], str]) -> None:
+    """Write a benchmark's JSON to `out` and, unless it was a smoke run (which must not replace the published
+    section), its markdown section beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if not quick:
+        out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out}")
 
 
 def sections(results: Path) -> list[Path]:

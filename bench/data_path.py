@@ -16,7 +16,6 @@ Prints a table, writes JSON (machine, load average) and a markdown section for B
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.benchmarks_md import output_path  # noqa: E402
+from bench.benchmarks_md import output_path, write_results  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
 from robopolicy.store import Normalizer, WindowSampler  # noqa: E402
 
@@ -254,11 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{what:<60} {ours:>11,.0f} {ref:>10,.0f} {ours / ref:>6.1f}x")
     print(f"load average {load_before[0]:.2f} -> {result['load_average_after'][0]:.2f}")
     out = output_path("data_path", args.out, args.quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    if not args.quick:  # a smoke run does not replace the published section
-        out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out}")
+    write_results(result, out, args.quick, markdown)
     return result
 
 

@@ -21,8 +21,6 @@ into BENCHMARKS.md), and prints the table.
 """
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -37,10 +35,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import TRAINING_LOCK, machine_info, training_lock  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LOCK = "/tmp/robopolicy-train.lock"
+LOCK = TRAINING_LOCK
 
 # Lift first (short episodes), then push (easy Meta-World) and peg-insert-side: the long-horizon one. Its
 # expert needs about 125 steps (push: 62) through three phases: grasp the peg, carry it to the hole, insert it
@@ -87,24 +85,6 @@ def cell_path(out: Path, task: str, cell: str, minutes: float) -> Path:
 
 def run_dir(out: Path, task: str, cell: str, minutes: float) -> Path:
     return out / short_name(task) / f"{cell}-{minutes:g}min"
-
-
-@contextlib.contextmanager
-def cell_lock(path: str | None):
-    """The shared training lock (flock(2), the same lock as `flock /tmp/robopolicy-train.lock cmd`)."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {path} ...", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -224,7 +204,7 @@ def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, epis
     if result is not None and "train" in result and not wanted:
         return result, "skipped"
 
-    with cell_lock(lock):
+    with training_lock(lock):
         done = "evaluated"
         if result is None or "train" not in result or not (checkpoint / "model.safetensors").exists():
             from robopolicy.train.checkpoint import load_policy

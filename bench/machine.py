@@ -1,5 +1,7 @@
-"""What a benchmark ran on, recorded beside every result."""
+"""What a benchmark ran on, recorded beside every result, and the lock that keeps benchmarks apart."""
 
+import contextlib
+import fcntl
 import os
 import platform
 import subprocess
@@ -26,3 +28,24 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+TRAINING_LOCK = "/tmp/robopolicy-train.lock"  # the same lock as `flock /tmp/robopolicy-train.lock cmd`
+
+
+@contextlib.contextmanager
+def training_lock(path: str | None = TRAINING_LOCK):
+    """Hold the shared training lock (flock(2)) for the block, saying so if it has to wait; None: no lock."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {path} ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -18,7 +18,6 @@ records the machine, the load average and every benchmark's status; BENCHMARKS.m
 import argparse
 import ast
 import datetime
-import fcntl
 import importlib.util
 import json
 import os
@@ -26,17 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import benchmarks_md  # noqa: E402
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import TRAINING_LOCK, machine_info, training_lock  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-LOCK = "/tmp/robopolicy-train.lock"
+LOCK = TRAINING_LOCK
 
 
 @dataclass(frozen=True)
@@ -97,24 +95,7 @@ def quick_args(bench: Benchmark, source: str, tmp: str) -> list[str] | None:
 
 def locks_itself(source: str) -> bool:
     """Scripts that take the training lock per cell would wait forever on ours: run them without it."""
-    return "fcntl.flock" in source
-
-
-@contextmanager
-def training_lock(enabled: bool):
-    if not enabled:
-        yield
-        return
-    with open(LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"  waiting for {LOCK} ...", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return "training_lock(" in source or "fcntl.flock" in source
 
 
 def run_one(bench: Benchmark, quick: bool, tmp: str, lock: bool, timeout: float) -> dict:
@@ -124,7 +105,7 @@ def run_one(bench: Benchmark, quick: bool, tmp: str, lock: bool, timeout: float)
     row = {"name": bench.name, "args": args}
     before = {p: p.stat().st_mtime for p in RESULTS.glob("**/*.md")}
     load = os.getloadavg()
-    with training_lock(lock and not locks_itself(source)):
+    with training_lock(LOCK if lock and not locks_itself(source) else None):
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, str(script), *args], cwd=BENCH.parent, capture_output=True,

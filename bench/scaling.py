@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.benchmarks_md import output_path  # noqa: E402
+from bench.benchmarks_md import output_path, write_results  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
 from bench.policy_speed import timed  # noqa: E402
 from robopolicy.policies import build_config, get_policy_class  # noqa: E402
@@ -215,11 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in result["ddp"]:
         print(f"train {r['processes']} process(es) × {r['threads_per_process']} thread(s), global batch "
               f"{r['global_batch']}: {r['samples_per_s']:,.0f} samples/s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    if not args.quick:  # a smoke run does not replace the published section
-        out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out}")
+    write_results(result, out, args.quick, markdown)
     return result
 
 
