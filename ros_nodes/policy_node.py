@@ -72,6 +72,8 @@ class PolicyNodeConfig:
     obs_timeout_s: float = 0.0  # default: the profile's
     sampler: str = ""  # diffusion: ddpm | ddim; flow: euler | adaptive ...
     num_inference_steps: int = 0
+    precision: str = "fp32"  # diffusion U-Net: fp32 | bf16 (bf16 weights, fp32 accumulation)
+    compile: bool = False  # diffusion U-Net: inductor-compiled step; the warm-up then takes 1-2 min
     warmup: int = 2  # inferences before going live
     seed: int = 0  # sampling noise
     torch_threads: int = 0  # 0: leave torch's default
@@ -190,7 +192,7 @@ class PolicyNode(Node):
         from robopolicy.runtime.process import RunnerProcess, RunnerSpec
 
         spec = RunnerSpec(str(checkpoint), cfg.device, cfg.sampler or None, cfg.num_inference_steps or None,
-                          cfg.seed, torch_threads=cfg.torch_threads)
+                          cfg.seed, precision=cfg.precision, compile=cfg.compile, torch_threads=cfg.torch_threads)
         if cfg.inference_process:
             runner = RunnerProcess(spec)
             self.get_logger().info(f"inference in worker process {runner.pid}")
@@ -202,7 +204,8 @@ class PolicyNode(Node):
         if spec.torch_threads > 0:
             torch.set_num_threads(spec.torch_threads)
         return PolicyRunner.from_checkpoint(spec.checkpoint, spec.device, spec.sampler,
-                                            spec.num_inference_steps, spec.seed)
+                                            spec.num_inference_steps, spec.seed, precision=spec.precision,
+                                            compile=spec.compile)
 
     def _guarded(self, loop) -> None:
         """Run a thread's loop; a publish that fails because Ctrl-C shut the context down ends it quietly."""

@@ -10,10 +10,15 @@ conv1d kernels at sequence lengths 4-16 stream those weights at a fraction of th
 - optionally stores the packed weights in bf16 (half the bytes; fp32 accumulation inside oneDNN, activations
   rounded to bf16 at each GEMM input and output).
 
+`compile_step` goes one further: inductor compiles the whole step with the weights frozen in. It fuses every
+GroupNorm, FiLM and Mish into a few C++ loops, and on CPU times each GEMM shape against its own AVX-512 template
+and keeps the faster. This pays at batch 1, where those small ops cost as much as a GEMM each.
+
 The view holds copies of the weights: rebuild it after the module's weights change (DiffusionPolicy does this
 by itself, see `robopolicy/policies/diffusion.py`).
 """
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -153,7 +158,7 @@ class FastUnet1D:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         dtype = PRECISIONS[precision]
-        self.precision = precision
+        self.precision, self.packed = precision, pack
         self.downsample_factor = unet.downsample_factor
         self.time_embed = unet.time_embed
         length = horizon
@@ -197,9 +202,13 @@ class FastUnet1D:
     @torch.no_grad()
     def step(self, x: torch.Tensor, conditioning: Conditioning, i: int) -> torch.Tensor:
         """ε/velocity for x (B, H, A) at the chunk's i-th timestep -> (B, H, A), fp32."""
+        return self.run(x, conditioning.step(i))
+
+    def run(self, x: torch.Tensor, film: list[torch.Tensor]) -> torch.Tensor:
+        """x (B, H, A) and one step's FiLM per block, each (1 or B, B, 2*C_out) -> ε/velocity (B, H, A), fp32."""
         if x.shape[1] % self.downsample_factor:
             raise ValueError(f"horizon {x.shape[1]} must be divisible by {self.downsample_factor} for this U-Net")
-        film = iter(conditioning.step(i))
+        film = iter(film)
         h, skips = x.float(), []
         for res1, res2, downsample in self.down:
             h = res2(res1(h, next(film)), next(film))
@@ -220,6 +229,73 @@ class FastUnet1D:
             # Per-row timesteps (training-style calls): condition each row on its own step.
             return self.step(x, _diagonal(self.condition(t.reshape(-1), global_cond)), 0)
         return self.step(x, self.condition(t.reshape(1), global_cond), 0)
+
+
+class _StepModule(nn.Module):
+    """`FastUnet1D.run` as a module that owns the view's tensors as buffers, which inductor's freezing then
+    treats as constants (folded, and pre-packed for the GEMMs). FiLM enters as an input, so one graph serves
+    every denoising step."""
+
+    def __init__(self, view: FastUnet1D):
+        super().__init__()
+        self.view = view
+        for i, tensor in enumerate(_tensors(vars(view))):
+            self.register_buffer(f"tensor{i}", tensor, persistent=False)
+
+    def forward(self, x: torch.Tensor, film: list[torch.Tensor]) -> torch.Tensor:
+        return self.view.run(x, film)
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    """Every tensor held by the view's own objects (lists, tuples, dicts, our layer classes); not nn.Modules."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, nn.Module):
+        yield from _tensors(vars(obj))
+
+
+def compile_step(view: FastUnet1D) -> Callable[[torch.Tensor, Conditioning, int], torch.Tensor]:
+    """`view.step`, compiled by inductor with the weights frozen in; same call signature.
+
+    On CPU, max-autotune times each GEMM shape once (the first call takes one to two minutes; later processes
+    reuse inductor's on-disk cache). On CUDA, the step is captured as a CUDA graph. Needs a C++ compiler on CPU
+    and an unpacked view (`pack=False`): inductor packs the frozen weights itself.
+    """
+    if view.packed:
+        raise ValueError("compile_step needs a view built with pack=False; inductor packs the weights itself")
+    import torch._inductor.config as inductor_config  # loaded here: importing the compiler stack costs ~1 s
+
+    module = _StepModule(view).eval()
+    settings = {"freezing": True}
+    if next(module.buffers()).device.type == "cuda":
+        settings["triton.cudagraphs"] = True
+    else:
+        # Per shape, the faster of oneDNN/MKL and inductor's own AVX-512 GEMM template (better at M = 4..16).
+        settings |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                     "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # quiet
+    compiled = torch.compile(module, dynamic=False, options={"guard_filter_fn": _identity_guards_on_modules})
+
+    def step(x: torch.Tensor, conditioning: Conditioning, i: int) -> torch.Tensor:
+        # Inductor reads freezing and autotuning from its global config when it compiles, which happens lazily
+        # (first call, or a new input shape); torch.compile's `options` do not reach freezing.
+        with inductor_config.patch(settings):
+            return compiled(x, conditioning.step(i))
+    return step
+
+
+def _identity_guards_on_modules(guards) -> list[bool]:
+    """Of dynamo's guards on the step module, keep only identity checks. Its buffers are frozen into the compiled
+    code, so checking each of them at every call (~0.5 ms per step) adds nothing, but the module's identity must
+    stay checked: every step module shares one `forward`, and without it a second view would run the first
+    one's weights."""
+    return [not entry.orig_guard.source.is_unspecialized_nn_module() or entry.guard_type == "ID_MATCH"
+            for entry in guards]
 
 
 def _diagonal(conditioning: Conditioning) -> Conditioning:

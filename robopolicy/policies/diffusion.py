@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from robopolicy.generative.diffusion import (SAMPLERS, ReverseProcess, make_scheduler, reverse_process, sample,
                                           sample_steps)
-from robopolicy.nn.fast_unet import PRECISIONS, FastUnet1D
+from robopolicy.nn.fast_unet import PRECISIONS, FastUnet1D, compile_step
 from robopolicy.nn.unet1d import ConditionalUnet1D
 from robopolicy.policies.backbone import BackboneConfig, backbone_optim_groups, build_backbone, encode_obs
 from robopolicy.policies.base import Policy
@@ -98,7 +98,8 @@ class DiffusionPolicy(Policy):
         fast: the inference view `FastUnet1D` (conv as packed GEMMs, FiLM precomputed per chunk, schedule
             coefficients precomputed); equal to the eager module to ~1e-5 relative in fp32.
         precision: "fp32", or "bf16" weights with fp32 accumulation (fast path only; ~1e-2 relative on ε).
-        compile: torch.compile the fast step; on CUDA with CUDA graphs ("reduce-overhead"). Untested on GPUs.
+        compile: inductor-compile the fast step with the weights frozen in (`fast_unet.compile_step`): on CPU
+            with per-shape GEMM autotuning (first call 1-2 min), on CUDA as a CUDA graph (untested on GPUs).
 
         The view holds its own (packed) copy of the weights and is rebuilt when they change: in place through
         autograd-visible ops (optimizer steps, load_state_dict), by reallocation (.to), or through `.data` as
@@ -135,10 +136,7 @@ class DiffusionPolicy(Policy):
         if option not in self._fast_views:
             view = FastUnet1D(self.denoiser, self.inference_precision, horizon=self.config.horizon,
                               pack=not self.inference_compile)
-            step = view.step
-            if self.inference_compile:
-                on_cuda = params[0].device.type == "cuda"
-                step = torch.compile(view.step, mode="reduce-overhead" if on_cuda else None, dynamic=False)
+            step = compile_step(view) if self.inference_compile else view.step
             self._fast_views[option] = (weights, view, step)
         return self._fast_views[option][1:]
 

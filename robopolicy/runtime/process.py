@@ -44,6 +44,7 @@ class RunnerSpec:
     seed: int | None = 0
     fast: bool = True
     precision: str = "fp32"
+    compile: bool = False
     torch_threads: int = 0
 
 
@@ -123,7 +124,7 @@ def _serve(conn, spec: RunnerSpec) -> None:
     try:
         runner = PolicyRunner.from_checkpoint(spec.checkpoint, spec.device, spec.sampler,
                                               spec.num_inference_steps, spec.seed, fast=spec.fast,
-                                              precision=spec.precision)
+                                              precision=spec.precision, compile=spec.compile)
     except Exception as e:
         conn.send(("error", f"loading {spec.checkpoint}: {type(e).__name__}: {e}"))
         return

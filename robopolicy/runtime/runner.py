@@ -49,18 +49,20 @@ class PolicyRunner:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", sampler: str | None = None,
                         num_inference_steps: int | None = None, seed: int | None = None, fast: bool = True,
-                        precision: str = "fp32") -> "PolicyRunner":
+                        precision: str = "fp32", compile: bool = False) -> "PolicyRunner":
         """Loads EMA weights; `sampler`/`num_inference_steps` override the checkpoint's defaults (diffusion).
 
-        `fast`/`precision` choose how diffusion-family policies run their U-Net (`DiffusionPolicy.set_inference`:
-        the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the weight bytes); other policies
-        accept only the defaults.
+        `fast`/`precision`/`compile` choose how diffusion-family policies run their U-Net
+        (`DiffusionPolicy.set_inference`: the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the
+        weight bytes; `compile` has inductor compile the step, which makes the first chunk take 1-2 min);
+        other policies accept only the defaults.
         """
         policy, normalizer, meta = load_policy(path, device)
         if hasattr(policy, "set_inference"):
-            policy.set_inference(fast=fast, precision=precision)
-        elif precision != "fp32":
-            raise ValueError(f"precision='{precision}' needs a diffusion-family policy, got '{policy.name}'")
+            policy.set_inference(fast=fast, precision=precision, compile=compile)
+        elif precision != "fp32" or compile:
+            raise ValueError(f"precision='{precision}', compile={compile} need a diffusion-family policy, "
+                             f"got '{policy.name}'")
         if sampler is not None:
             policy.config.sampler = sampler
         if num_inference_steps is not None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from robopolicy.generative.diffusion import make_scheduler, reverse_process, sample, sample_steps
-from robopolicy.nn.fast_unet import FastUnet1D
+from robopolicy.nn.fast_unet import FastUnet1D, compile_step
 from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1d, _ConvWithGemmWeightGrad
 from robopolicy.policies import build_config, get_policy_class
 from robopolicy.runtime.runner import PolicyRunner
@@ -178,13 +178,27 @@ def test_gemm_weight_gradient_matches_conv_backward():
 
 
 @pytest.mark.slow
-def test_compiled_fast_path_matches_eager():
-    """torch.compile (inductor, CPU) of the unpacked fast step; ~1 min of compilation, hence slow."""
+def test_compiled_fast_path_matches_eager_and_follows_new_weights():
+    """Inductor-compiled fast step (frozen weights, GEMM autotuning; ~1-2 min of compilation, hence slow).
+
+    After the weights change, the rebuilt step must run the new weights: every compiled step module shares
+    one `forward`, so a guard filter that dropped the module's identity would silently reuse the old ones."""
     policy = small_policy(num_inference_steps=3)
     obs, noise = {"state": torch.randn(1, 2, 5)}, torch.randn(1, 16, 3)
     eager = policy.set_inference(fast=False).predict_chunk(obs, noise=noise)
     compiled = policy.set_inference(compile=True).predict_chunk(obs, noise=noise)
     assert rel(compiled, eager) < 1e-4
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    eager = policy.set_inference(fast=False).predict_chunk(obs, noise=noise)
+    assert rel(eager, compiled) > 0.05  # the new weights do change the chunk
+    assert rel(policy.set_inference(compile=True).predict_chunk(obs, noise=noise), eager) < 1e-4
+
+
+def test_compile_step_refuses_a_packed_view():
+    with pytest.raises(ValueError, match="pack=False"):
+        compile_step(FastUnet1D(small_policy().denoiser, "fp32"))
 
 
 def test_a_policy_that_has_run_the_fast_path_can_be_copied():
