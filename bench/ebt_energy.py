@@ -12,8 +12,14 @@ the validation ones:
   joint state is not one the robot ever saw;
 - `other task` (with `--other-store`, same state size): another task's observations.
 For every window the policy descends its energy from the same noise (fixed seed) and we record the initial
-energy E(ŷ_0), the converged energy after K steps (K = 1, 2, 4) and the drop between them. The score of the
-claim is the AUROC of converged energy, OOD against held-out ID (0.5: no signal; 1: OOD always higher).
+energy E(ŷ_0) and the converged energy E(ŷ_K) after K steps (K = 1, 2, 4). The score of the claim is the
+AUROC of the converged energy, OOD against held-out ID (0.5: no signal; 1: OOD always higher), in two forms:
+
+- absolute, E(x, ŷ_K);
+- relative to the same observation's starting point, E(x, ŷ_K) − E(x, ŷ_0). EBT's training loss supervises
+  only the descent iterates, which depend on ∇_ŷ E: adding any function c(x) of the observation alone to the
+  energy changes no loss term, so the absolute level of E across observations is not determined by training.
+  The relative energy cancels c(x); it is high when descent from noise found little to go down to.
 
 Writes bench/results/ebt_energy.json, .md and plots/ebt_energy.png.
 """
@@ -67,7 +73,7 @@ def energies(policy, state: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray
         c.num_inference_steps = k
         policy.predict_chunk(obs, noise=noise.clone())
         out[f"K{k}"] = policy.last_energy.numpy()
-        out[f"drop_K{k}"] = out["initial"] - out[f"K{k}"]
+        out[f"rel_K{k}"] = out[f"K{k}"] - out["initial"]
     c.num_inference_steps = trained_steps
     return out
 
@@ -135,22 +141,25 @@ def main() -> None:
         table[name] = {"mean_initial": float(s["initial"].mean()),
                        **{f"mean_K{k}": float(s[f"K{k}"].mean()) for k in STEPS},
                        **{f"auroc_K{k}": auroc(reference[f"K{k}"], s[f"K{k}"]) for k in STEPS},
-                       "auroc_initial": auroc(reference["initial"], s["initial"]),
-                       "auroc_drop_K2": auroc(reference["drop_K2"], s["drop_K2"])}
+                       **{f"mean_rel_K{k}": float(s[f"rel_K{k}"].mean()) for k in STEPS},
+                       **{f"auroc_rel_K{k}": auroc(reference[f"rel_K{k}"], s[f"rel_K{k}"]) for k in STEPS},
+                       "auroc_initial": auroc(reference["initial"], s["initial"])}
     result = {"benchmark": "ebt_energy", "checkpoint": os.path.relpath(args.checkpoint, RESULTS.parent.parent),
               "task": provenance.get("store_attrs", {}).get("task"), "step": meta.get("step"), "n": args.n,
               "expert_chunk_energy_held_out": float(expert.mean()), "sets": table, "machine": machine_info()}
 
     header = f"{'set':<16} {'E init':>8} " + " ".join(f"{'E K' + str(k):>8}" for k in STEPS) + \
-        " " + " ".join(f"{'AUROC K' + str(k):>9}" for k in STEPS) + f" {'AUROC drop':>10}"
+        " " + " ".join(f"{'AUROC K' + str(k):>9}" for k in STEPS) + " " + \
+        " ".join(f"{'rel K' + str(k):>8}" for k in STEPS)
     print(header)
     for name, row in table.items():
         print(f"{name:<16} {row['mean_initial']:>8.2f} " + " ".join(f"{row[f'mean_K{k}']:>8.2f}" for k in STEPS) +
-              " " + " ".join(f"{row[f'auroc_K{k}']:>9.2f}" for k in STEPS) + f" {row['auroc_drop_K2']:>10.2f}")
+              " " + " ".join(f"{row[f'auroc_K{k}']:>9.2f}" for k in STEPS) + " " +
+              " ".join(f"{row[f'auroc_rel_K{k}']:>8.2f}" for k in STEPS))
     print(f"expert chunks on held-out windows: mean energy {result['expert_chunk_energy_held_out']:.2f}")
 
     out = Path(args.out)
-    plot_path = out.parent / "plots" / "ebt_energy.png"
+    plot_path = out.parent / "plots" / f"{out.stem}.png"
     plot(scores, table, plot_path, result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -164,41 +173,52 @@ def plot(scores: dict, table: dict, path: Path, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    values = np.concatenate([s["K2"] for s in scores.values()])
-    bins = np.linspace(np.percentile(values, 1), np.percentile(values, 99), 40)
-    for i, (name, s) in enumerate(scores.items()):
-        axes[0].hist(s["K2"], bins=bins, histtype="step", lw=2 if name.startswith("ID") else 1.2,
-                     ls="-" if name.startswith("ID") else "--", density=True, color=f"C{i}", label=name)
-    axes[0].set(xlabel="converged energy after K=2 descent steps", ylabel="density",
-                title="energy of the predicted chunk: ID vs OOD observations")
-    axes[0].legend(fontsize=7)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, key, label in [(axes[0], "K2", "converged energy E(x, ŷ_2)"),
+                           (axes[1], "rel_K2", "relative energy E(x, ŷ_2) − E(x, ŷ_0)")]:
+        values = np.concatenate([s[key] for s in scores.values()])
+        bins = np.linspace(np.percentile(values, 1), np.percentile(values, 99), 40)
+        for i, (name, s) in enumerate(scores.items()):
+            ax.hist(s[key], bins=bins, histtype="step", lw=2 if name.startswith("ID") else 1.2,
+                    ls="-" if name.startswith("ID") else "--", density=True, color=f"C{i}", label=name)
+        ax.set(xlabel=label + ", K=2", ylabel="density")
+        ax.legend(fontsize=7)
+    axes[0].set_title("absolute: ID vs OOD observations", fontsize=9)
+    axes[1].set_title("relative to the observation's starting energy", fontsize=9)
     names = [n for n in table if n != "ID held-out"]
     x = np.arange(len(names))
     for j, k in enumerate(STEPS):
-        axes[1].bar(x + (j - 1) * 0.2, [table[n][f"auroc_K{k}"] for n in names], 0.2, label=f"converged, K={k}")
-    axes[1].plot(x, [table[n]["auroc_initial"] for n in names], "k^", label="initial E(ŷ0)")
-    axes[1].axhline(0.5, color="gray", lw=1, ls=":")
-    axes[1].set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-    axes[1].set(ylim=(0, 1), ylabel="AUROC vs held-out ID", title="does a higher energy flag the set?")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"EBT energy as an OOD signal: {result['task']}, checkpoint step {result['step']}", fontsize=10)
+        axes[2].bar(x + (j - 1) * 0.13 - 0.2, [table[n][f"auroc_K{k}"] for n in names], 0.13, color=f"C{j}",
+                    alpha=0.45, label=f"absolute, K={k}")
+        axes[2].bar(x + (j - 1) * 0.13 + 0.2, [table[n][f"auroc_rel_K{k}"] for n in names], 0.13, color=f"C{j}",
+                    label=f"relative, K={k}")
+    axes[2].axhline(0.5, color="gray", lw=1, ls=":")
+    axes[2].set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+    axes[2].set(ylim=(0, 1), ylabel="AUROC vs held-out ID", title="does a higher energy flag the set?")
+    axes[2].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"EBT energy as an OOD signal: {result['task']}, `{result['checkpoint']}`, step {result['step']}",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
 def markdown(result: dict, plot_rel: str) -> str:
-    lines = ["## EBT: converged energy on in- and out-of-distribution observations (`bench/ebt_energy.py`)", "",
+    lines = [f"## EBT energy on in- and out-of-distribution observations: `{Path(result['checkpoint']).parent.name}` "
+             "(`bench/ebt_energy.py`)", "",
              f"Checkpoint `{result['checkpoint']}` ({result['task']}, step {result['step']}), {result['n']} "
              "windows per set, the same initial noise for every set. AUROC compares each set with the held-out "
-             "ID windows (0.5: the energy does not tell them apart; 1: the set always scores higher).", "",
-             "| set | mean E(ŷ0) | mean E, K=1 | K=2 | K=4 | AUROC K=1 | K=2 | K=4 | AUROC E(ŷ0) | AUROC drop |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "ID windows (0.5: the energy does not tell them apart; 1: the set always scores higher). Relative "
+             "energy is E(x, ŷ_K) − E(x, ŷ_0): training leaves any per-observation offset of E free, and this "
+             "cancels it.", "",
+             "| set | mean E(ŷ0) | mean E, K=1 | K=2 | K=4 | AUROC K=1 | K=2 | K=4 | mean relative, K=2 | "
+             "AUROC relative K=1 | K=2 | K=4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["sets"].items():
         lines.append(f"| {name} | {r['mean_initial']:.2f} | {r['mean_K1']:.2f} | {r['mean_K2']:.2f} | "
                      f"{r['mean_K4']:.2f} | {r['auroc_K1']:.2f} | {r['auroc_K2']:.2f} | {r['auroc_K4']:.2f} | "
-                     f"{r['auroc_initial']:.2f} | {r['auroc_drop_K2']:.2f} |")
+                     f"{r['mean_rel_K2']:.2f} | {r['auroc_rel_K1']:.2f} | {r['auroc_rel_K2']:.2f} | "
+                     f"{r['auroc_rel_K4']:.2f} |")
     lines += ["", f"Expert chunks on the held-out windows score {result['expert_chunk_energy_held_out']:.2f} "
               "on average.", "", f"![EBT energy, ID vs OOD]({plot_rel})", ""]
     return "\n".join(lines)

@@ -53,12 +53,14 @@ class Cell:
 
     settings: (sampler, steps) pairs for PolicyRunner.from_checkpoint; sampler None keeps the checkpoint's
     (EBT has one "sampler", energy descent, and `steps` is its K).
+    overrides: (field, value) pairs on top of the preset's policy config.
     """
 
     name: str
     policy: str
     preset: str
     settings: tuple[tuple[str | None, int], ...]
+    overrides: tuple[tuple[str, object], ...] = ()
 
 
 CELLS = {c.name: c for c in [
@@ -67,6 +69,10 @@ CELLS = {c.name: c for c in [
     Cell("seed-To2", "seed", "cpu", (("ddim", 10),)),
     Cell("seed-To16", "seed", "cpu-long", (("ddim", 10),)),
     Cell("ebt", "ebt", "cpu", ((None, 1), (None, 2), (None, 4))),
+    # EBT's "System 2" training (methods.md): replay buffer, Langevin noise, step size jittered by U[1/2, 2].
+    # It shapes the energy away from the descent paths; `bench/ebt_energy.py` reads it as an OOD signal.
+    Cell("ebt-s2", "ebt", "cpu", ((None, 1), (None, 2), (None, 4)),
+         (("replay_buffer", True), ("langevin_std", 0.05), ("step_size_jitter", 2.0))),
 ]}
 
 
@@ -126,13 +132,13 @@ def train_cell(cell: Cell, store: Path, directory: Path, budget_s: float, calibr
     shutil.rmtree(directory, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="grid-calibrate-") as tmp:
         probe = train(str(store), tmp, cell.policy, cell.preset, {"steps": 10**6, "save_every": 10**6},
-                      progress=False, max_seconds=calibrate_s)
+                      dict(cell.overrides), progress=False, max_seconds=calibrate_s)
     rate = probe["steps"] / probe["train_seconds"]
     planned = max(1, int(rate * budget_s))  # the probe pays the warm-up and a validation too: about even
 
     load_before, cpu_before, wall_before = os.getloadavg(), time.process_time(), time.perf_counter()
-    summary = train(str(store), str(directory), cell.policy, cell.preset, {"steps": planned}, progress=False,
-                    max_seconds=budget_s)
+    summary = train(str(store), str(directory), cell.policy, cell.preset, {"steps": planned},
+                    dict(cell.overrides), progress=False, max_seconds=budget_s)
     wall = time.perf_counter() - wall_before
     return {
         "budget_s": budget_s, "seconds": summary["train_seconds"], "steps": summary["steps"],
@@ -214,7 +220,7 @@ def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, epis
             policy, _, _ = load_policy(checkpoint)
             params = sum(p.numel() for p in policy.parameters())
             result = {"task": short_name(task), "cell": cell.name, "policy": cell.policy, "preset": cell.preset,
-                      "minutes": minutes, "store": os.path.relpath(store, out), "params": params,
+                      "overrides": dict(cell.overrides), "minutes": minutes, "store": os.path.relpath(store, out), "params": params,
                       "policy_config": {k: getattr(policy.config, k)
                                         for k in ("horizon", "n_obs_steps", "n_action_steps")},
                       "train": trained, "evals": {}, "machine": machine_info()}
@@ -252,6 +258,10 @@ def markdown(results: list[dict], collects: dict[str, dict], tasks: list[str], c
         "(each cell's JSON records the load while it trained).",
         "",
     ]
+    for name in cells:
+        if CELLS[name].overrides:
+            changed = ", ".join(f"{k}={v}" for k, v in CELLS[name].overrides)
+            lines += [f"`{name}` is `{CELLS[name].policy}` ({CELLS[name].preset}) with {changed}.", ""]
     by_key = {(r["task"], r["cell"], r["minutes"]): r for r in results}
     budgets = sorted({r["minutes"] for r in results}) or []
     for task in map(short_name, tasks):

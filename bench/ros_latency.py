@@ -52,16 +52,18 @@ ROBOTS = {
 }
 INFERENCE = {"worker": "the node's inference worker process (inference_process:=true, the default)",
              "in-process": "a thread of the node's own process (inference_process:=false)"}
-POLICIES = {  # name: (policy, run dir suffix, sampler, steps)
-    "DP DDIM-10": ("diffusion", "diffusion-cpu-1000", "ddim", 10),
-    "flow Euler-4": ("flow", "flow-cpu-300", "euler", 4),
+POLICIES = {  # name: (policy, run dir suffix, sampler, steps, more node parameters)
+    "DP DDIM-10": ("diffusion", "diffusion-cpu-1000", "ddim", 10, {}),
+    # the compiled bf16 fast path (fast_unet.compile_step): the node's warm-up compiles it, 1-3 min
+    "DP DDIM-10 compiled bf16": ("diffusion", "diffusion-cpu-1000", "ddim", 10, {"precision": "bf16", "compile": True}),
+    "flow Euler-4": ("flow", "flow-cpu-300", "euler", 4, {}),
 }
 FLOW_STEPS = 300
 
 
 def checkpoint(robot: str, policy_label: str) -> Path:
     """The run's latest checkpoint; a missing flow one is trained here (cpu preset, FLOW_STEPS steps)."""
-    policy, suffix, _, _ = POLICIES[policy_label]
+    policy, suffix, *_ = POLICIES[policy_label]
     name = ROBOTS[robot]["task"].removeprefix("robopolicy/")
     run = SUITE / f"{name}-{suffix}"
     if not (run / "latest" / "config.json").is_file():
@@ -85,7 +87,7 @@ def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s:
     from ros_nodes import convert
     from ros_nodes.harness import NodeProcess, SpunNode, stop_all, wait_alive
 
-    spec, (_, _, sampler, steps) = ROBOTS[robot], POLICIES[policy_label]
+    spec, (_, _, sampler, steps, params) = ROBOTS[robot], POLICIES[policy_label]
     import sim
 
     task_rate = sim.task_spec(spec["task"]).control_rate_hz
@@ -94,16 +96,16 @@ def measure(robot: str, policy_label: str, ckpt: Path, seconds: float, warmup_s:
     commands = ros.collect(JointTrajectory if is_arm else TwistStamped, "joint_trajectory" if is_arm else "cmd_vel",
                            100)
     metrics = ros.collect(String, "policy/metrics", 10)
-    tag = f"{robot}-{POLICIES[policy_label][0]}-{inference}"
+    tag = f"{robot}-{policy_label.replace(' ', '_')}-{inference}"
     nodes = [NodeProcess("robopolicy-sim-bridge", {"task": spec["task"], "rate_scale": spec["rate_hz"] / task_rate,
                                                    "max_steps": 1_000_000}, log_dir / f"latency-{tag}-bridge.log"),
              NodeProcess("robopolicy-policy-node", {"checkpoint": ckpt, "profile": spec["profile"],
                                                     "control_rate_hz": spec["rate_hz"], "sampler": sampler,
                                                     "num_inference_steps": steps, "torch_threads": 1,
-                                                    "inference_process": inference == "worker"},
+                                                    "inference_process": inference == "worker", **params},
                          log_dir / f"latency-{tag}-policy.log")]
     try:
-        wait_alive(lambda: len(commands) > 20, 180, "commands", *nodes)
+        wait_alive(lambda: len(commands) > 20, 600 if params.get("compile") else 180, "commands", *nodes)
         time.sleep(warmup_s)
         processes = [nodes[0].process.pid, nodes[1].process.pid, *_children(nodes[1].process.pid)]
         load_before, cpu_before = os.getloadavg(), [_cpu_seconds(pid) for pid in processes]
@@ -204,7 +206,8 @@ def write_markdown(result: dict, path: Path, plot_path: Path) -> None:
              f"{m.get('torch')}, one torch thread for inference. Closed loop: the sim bridge and the policy node are "
              "separate processes over DDS on loopback; the node runs at the rate shown (the bridge steps faster than "
              "real time to publish at that rate), naive executor; the diffusion U-Net runs its fast path (fp32, as in "
-             "the speed tables: `PolicyRunner.from_checkpoint(..., fast=True)`). Inference runs either in the node's worker "
+             "the speed tables: `PolicyRunner.from_checkpoint(..., fast=True)`), and in the 'compiled bf16' rows "
+             "the inductor-compiled bf16 step (`precision:=bf16 compile:=true`). Inference runs either in the node's worker "
              "process (the default) or in a thread of the node itself (`inference_process:=false`), side by side "
              "in one run. Latency is the node's: from the stamp of the "
              "observation a chunk was predicted from to the publish of that chunk's first command. Rate and jitter "
@@ -240,6 +243,8 @@ def main() -> None:
     parser.add_argument("--inference", nargs="+", default=list(INFERENCE), choices=list(INFERENCE),
                         help="where the node runs the model: its worker process (the default) or in-process")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md and plot from the JSON")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the JSON's other rows, replacing only the cases measured now")
     args = parser.parse_args()
     out = RESULTS / "ros_latency.json"
     plot_path = RESULTS / "plots" / "ros_latency.png"
@@ -266,6 +271,12 @@ def main() -> None:
                 print(f"  e2e p50/p99 {e['p50']}/{e['p99']} ms, rate {row['achieved_rate_hz']:.1f} Hz, "
                       f"interval std/p99 {iv['std']}/{iv['p99']} ms, missed {row['missed_ticks']}", flush=True)
 
+    if args.merge and out.exists():
+        measured = {(r["robot"], r["policy"], r["inference"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"]
+                if (r["robot"], r["policy"], r["inference"]) not in measured] + rows
+        order = {k: i for i, k in enumerate(ROBOTS)} | {k: i for i, k in enumerate(POLICIES)}
+        rows.sort(key=lambda r: (order.get(r["robot"], 99), order.get(r["policy"], 99)))
     result = {"benchmark": "ros_latency", "seconds": args.seconds, "machine": machine_info(), "rows": rows}
     out.write_text(json.dumps(result, indent=2))
     plot(rows, plot_path)

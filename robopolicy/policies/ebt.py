@@ -8,7 +8,10 @@ gets one energy (Linear(d, 1, bias=False)) and they sum to E(x, ŷ, k), one scal
 Training: ŷ_0 ~ N(0, I); K unrolled steps ŷ_{k+1} = ŷ_k − α ∇_ŷ E(x, ŷ_k, k) with second-order gradients;
 loss = mean_k Recon(ŷ_k, y), α learnable. Inference runs the same steps (optionally best-of-G by lowest
 final energy, or stopping once the energy settles) and clips to [-1, 1]. The converged energy is EBT-Policy's
-uncertainty signal: `last_energy` after `predict_chunk`, or `energy(obs, actions)` for any chunk.
+uncertainty signal: `last_energy` after `predict_chunk`, or `energy(obs, actions)` for any chunk. Compare it
+across observations as `last_relative_energy`, E(x, ŷ_K) − E(x, ŷ_0): the loss supervises only the iterates,
+i.e. ∇_ŷ E, so any offset c(x) of the energy is left free by training, and the difference cancels it
+(bench/ebt_energy.py measures both as OOD signals).
 
 No public EBT-Policy code exists; this is the "faithful-to-EBT action instantiation" of methods.md §2.
 """
@@ -152,6 +155,7 @@ class EBTPolicy(Policy):
         self.log_step_size = nn.Parameter(torch.tensor(math.log(c.step_size)), requires_grad=c.learn_step_size)
         self.replay = ReplayBuffer(size=192, fraction=0.5) if c.replay_buffer else None
         self.last_energy: torch.Tensor | None = None
+        self.last_relative_energy: torch.Tensor | None = None
         self.last_steps: torch.Tensor | None = None
 
     @property
@@ -200,8 +204,8 @@ class EBTPolicy(Policy):
         """Normalised obs (B, To, ...) -> normalised action chunk (B, H, A).
 
         `noise` fixes ŷ_0: (B, H, A), or (G, B, H, A) with best-of-G. Sets `last_energy` (B,), the energy of
-        each returned chunk (before clipping) on the landscape of its last step, and `last_steps` (B,), the
-        steps it took.
+        each returned chunk (before clipping) on the landscape of its last step; `last_relative_energy` (B,),
+        that minus the energy of its ŷ_0 on the first landscape; and `last_steps` (B,), the steps it took.
         """
         # Autograd (w.r.t. the actions) cannot record inference tensors; normal copies of the inputs can.
         with torch.inference_mode(False):
@@ -230,6 +234,7 @@ class EBTPolicy(Policy):
         chunk, best = select_lowest_energy(final, energies)
         rows = torch.arange(b, device=best.device)
         self.last_energy = energies[best, rows]
+        self.last_relative_energy = self.last_energy - descent.energies[0].unflatten(0, (c.num_samples, b))[best, rows]
         self.last_steps = descent.steps.unflatten(0, (c.num_samples, b))[best, rows]
         return chunk.clamp(-1, 1)
 

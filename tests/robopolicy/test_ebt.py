@@ -244,6 +244,10 @@ def test_best_of_g_returns_the_lowest_energy_candidate(trained):
     for row in range(5):
         assert torch.allclose(chunk[row], singles[best[row]][row], atol=1e-5)
         assert torch.isclose(policy.last_energy[row], energies[best[row]][row], atol=1e-4)
+    start = torch.stack([policy.energy_net(policy.encode_obs(obs), noise[g], 0) for g in range(4)])
+    rows = torch.arange(5)
+    torch.testing.assert_close(policy.last_relative_energy, policy.last_energy - start[best, rows],
+                               atol=1e-4, rtol=1e-5)
 
 
 def test_dynamic_compute_on_the_trained_policy_stops_early_where_the_full_budget_would_land(trained):
