@@ -80,6 +80,10 @@ def short_name(task: str) -> str:
     return task.removeprefix("robopolicy/")
 
 
+# Episode measures worth a table column, from the evaluation's final info: key -> (label, scale, unit).
+MEASURES = {"rms_position_error": ("RMS error", 100.0, "cm")}
+
+
 def setting_key(sampler: str | None, steps: int) -> str:
     return f"{sampler}-{steps}" if sampler else f"K{steps}"
 
@@ -192,6 +196,9 @@ def evaluate_setting(checkpoint: Path, task: str, sampler: str | None, steps: in
     return {"sampler": result.sampler, "success_rate": result.success_rate, "ci95": list(result.ci95),
             "episodes": result.episodes, "nfe": result.nfe, "seconds": result.seconds, "seed": result.seed,
             "successes": [int(r.success) for r in result.per_episode],
+            "final_info_mean": {k: float(np.mean([r.final_info[k] for r in result.per_episode]))
+                                for k in result.per_episode[0].final_info
+                                if all(k in r.final_info for r in result.per_episode)},
             "mean_steps": float(np.mean([r.steps for r in result.per_episode])),
             "summary": result.summary_line()}
 
@@ -287,8 +294,11 @@ def markdown(results: list[dict], collects: dict[str, dict], tasks: list[str], c
                         continue
                     lo, hi = e["ci95"]
                     nfe = f"{e['nfe']:g}" if e["nfe"] is not None else "—"
+                    measures = "".join(f", {label} {e['final_info_mean'][k] * scale:.1f} {unit}"
+                                       for k, (label, scale, unit) in MEASURES.items()
+                                       if k in e.get("final_info_mean", {}))
                     lines.append(f"| {name} | {e['sampler']} | {e['success_rate']:.2f} ({sum(e['successes'])}/"
-                                 f"{e['episodes']}) | [{lo:.2f}, {hi:.2f}] | {nfe} | "
+                                 f"{e['episodes']}){measures} | [{lo:.2f}, {hi:.2f}] | {nfe} | "
                                  f"{e['latency']['median_ms']:.1f} ms | {minutes:g} min | {t['steps']} | "
                                  f"{r['params']:,} |")
         lines.append("")

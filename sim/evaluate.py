@@ -18,7 +18,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -50,6 +50,7 @@ class EpisodeResult:
     seconds: float
     reward: float = 0.0
     video: str | None = None
+    final_info: dict[str, float] = field(default_factory=dict)  # the last step's numeric info, e.g. RMS error
 
 
 @dataclass
@@ -201,7 +202,11 @@ def _preserve_global_rng() -> Iterator[None]:
 
 
 def run_episode(env: Any, policy: Any, spec: TaskSpec, seed: int, record: bool = False):
-    """One episode to success or the step cap. Returns (success, steps, reward, seconds, frames|None)."""
+    """One episode to success or the step cap.
+
+    Returns (success, steps, reward, seconds, frames|None, final_info): final_info holds the last step's numeric
+    info entries (a task's episode measures, such as the quadrotor's `rms_position_error`).
+    """
     act = policy.act if hasattr(policy, "act") else policy
     t0 = time.perf_counter()
     _seed_globals(seed)
@@ -224,7 +229,9 @@ def run_episode(env: Any, policy: Any, spec: TaskSpec, seed: int, record: bool =
             success = True
         if terminated or truncated:
             break
-    return success, steps, total, time.perf_counter() - t0, frames
+    final_info = {k: float(v) for k, v in info.items()  # flags (crashed, ...) as 0/1
+                  if isinstance(v, (int, float, np.number, np.bool_)) and k not in ("success", "steps")}
+    return success, steps, total, time.perf_counter() - t0, frames, final_info
 
 
 # Worker-process state: built on the first episode a worker runs (so errors reach the parent).
@@ -250,8 +257,8 @@ def _worker_episode(job: tuple) -> tuple[EpisodeResult, list[np.ndarray] | None,
         kw = _env_kwargs_for(policy, env_kwargs)
         kw.setdefault("render_size", render_size)
         _W.update(policy=policy, env=make(task, **kw), spec=task_spec(task))
-    success, steps, reward, secs, frames = run_episode(_W["env"], _W["policy"], _W["spec"], seed, record)
-    res = EpisodeResult(episode, seed, bool(success), int(steps), float(secs), float(reward))
+    success, steps, reward, secs, frames, final = run_episode(_W["env"], _W["policy"], _W["spec"], seed, record)
+    res = EpisodeResult(episode, seed, bool(success), int(steps), float(secs), float(reward), final_info=final)
     return res, frames, _policy_meta(_W["policy"])
 
 
@@ -387,8 +394,9 @@ def evaluate(
             try:
                 with _preserve_global_rng():
                     for _, _, _, _, i, s, rec in jobs:
-                        success, steps, reward, secs, frames = run_episode(env, policy, spec, s, rec)
-                        _collect(EpisodeResult(i, s, bool(success), int(steps), float(secs), float(reward)), frames)
+                        success, steps, reward, secs, frames, final = run_episode(env, policy, spec, s, rec)
+                        _collect(EpisodeResult(i, s, bool(success), int(steps), float(secs), float(reward),
+                                               final_info=final), frames)
                 # Read after the rollouts: adaptive samplers report the mean NFE of what they actually ran.
                 meta = _policy_meta(policy)
             finally:

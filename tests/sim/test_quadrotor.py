@@ -254,6 +254,15 @@ def test_expert_tracks_the_figure_eight_and_waypoints():
     assert last["success"] and last["rms_position_error"] < 0.035
 
 
+def test_evaluate_keeps_the_episode_measures_of_the_last_step():
+    """sim.evaluate keeps each episode's final numeric info: the tracking error that decides success."""
+    res = sim.evaluate(lambda: sim.make_expert(TRACK), TRACK, 2, progress=False)
+    for episode in res.per_episode:
+        rms = episode.final_info["rms_position_error"]
+        assert episode.success == (rms < sim.make(TRACK).unwrapped.success_rms) and 0 < rms < 0.025
+        assert episode.final_info["crashed"] == 0.0 and "success" not in episode.final_info
+
+
 def test_motor_level_expert_flies_both_tasks():
     _, hover, _ = rollout(sim.make(HOVER_MOTORS), sim.make_expert(HOVER_MOTORS), seed=0)
     assert hover["success"] and hover["rms_position_error"] < 0.025 and hover["steps"] == 1000
