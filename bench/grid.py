@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import TRAINING_LOCK, machine_info, training_lock  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LOCK = TRAINING_LOCK
 
 # Lift first (short episodes), then push (easy Meta-World) and peg-insert-side: the long-horizon one. Its
 # expert needs about 125 steps (push: 62) through three phases: grasp the peg, carry it to the hole, insert it
@@ -204,7 +203,7 @@ def evaluate_setting(checkpoint: Path, task: str, sampler: str | None, steps: in
 
 
 def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, episodes: int, workers: int,
-             lock: str | None = LOCK, calibrate_s: float = 20.0, latency_repeats: int = 15) -> tuple[dict, str]:
+             lock: str | None = TRAINING_LOCK, calibrate_s: float = 20.0, latency_repeats: int = 15) -> tuple[dict, str]:
     """Trains and evaluates one cell as far as it is not done yet; returns (its result, what was done).
 
     What was done: "skipped" (nothing left), "evaluated" (trained earlier, settings missing), "trained".
@@ -227,7 +226,8 @@ def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, epis
             policy, _, _ = load_policy(checkpoint)
             params = sum(p.numel() for p in policy.parameters())
             result = {"task": short_name(task), "cell": cell.name, "policy": cell.policy, "preset": cell.preset,
-                      "overrides": dict(cell.overrides), "minutes": minutes, "store": os.path.relpath(store, out), "params": params,
+                      "overrides": dict(cell.overrides), "minutes": minutes,
+                      "store": os.path.relpath(store, out), "params": params,
                       "policy_config": {k: getattr(policy.config, k)
                                         for k in ("horizon", "n_obs_steps", "n_action_steps")},
                       "train": trained, "evals": {}, "machine": machine_info()}
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in args.cells:
                 try:
                     _, done = run_cell(f"robopolicy/{task}", CELLS[name], out, store, args.minutes, args.episodes,
-                                       args.workers, None if args.no_lock else LOCK)
+                                       args.workers, None if args.no_lock else TRAINING_LOCK)
                 except (RuntimeError, ValueError, FloatingPointError) as e:
                     print(f"[{task} / {name}] failed: {e}", file=sys.stderr, flush=True)
                     continue

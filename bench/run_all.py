@@ -34,7 +34,6 @@ from bench.machine import TRAINING_LOCK, machine_info, training_lock  # noqa: E4
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-LOCK = TRAINING_LOCK
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def run_one(bench: Benchmark, quick: bool, tmp: str, lock: bool, timeout: float)
     row = {"name": bench.name, "args": args}
     before = {p: p.stat().st_mtime for p in RESULTS.glob("**/*.md")}
     load = os.getloadavg()
-    with training_lock(LOCK if lock and not locks_itself(source) else None):
+    with training_lock(TRAINING_LOCK if lock and not locks_itself(source) else None):
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, str(script), *args], cwd=BENCH.parent, capture_output=True,

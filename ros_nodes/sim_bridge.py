@@ -165,6 +165,7 @@ class SimBridge(Node):
         self.obs, self.info = obs, {k: v for k, v in info.items() if _jsonable(v)}
         self.steps, self.total_reward, self.success = 0, 0.0, False
         self.overruns, self.commands, self.started_wall = 0, 0, None
+        self.failsafe_steps = 0
         self.reset_time = self.now()
         state = obs["state"]
         with self.lock:
@@ -174,7 +175,7 @@ class SimBridge(Node):
                 self.trajectory = None
             else:
                 self.twist, self.twist_received = np.zeros(4), -np.inf
-                self.failsafe_steps, self.failsafe_engaged = 0, False
+                self.failsafe_engaged = False
             self.state = "armed" if self.cfg.auto_start else "ready"
         self._publish_sensors(self.now())
         self._publish_episode()
@@ -275,12 +276,7 @@ class SimBridge(Node):
             self.commands += 1
 
     def _on_twist(self, msg: TwistStamped) -> None:
-        stamp = convert.stamp_to_seconds(msg.header.stamp)
-        with self.lock:
-            if not self._accepting(stamp):
-                return
-            self.twist, self.twist_received = convert.twist_to_setpoint(msg), time.monotonic()
-            self.commands += 1
+        self._set_command(convert.twist_to_setpoint(msg), convert.stamp_to_seconds(msg.header.stamp))
 
     def _on_motors(self, msg: Float32MultiArray) -> None:
         try:
@@ -288,8 +284,12 @@ class SimBridge(Node):
         except ValueError as e:
             self.get_logger().error(f"motor commands ignored: {e}", throttle_duration_sec=2.0)
             return
+        self._set_command(command, 0.0)  # Float32MultiArray has no stamp
+
+    def _set_command(self, command: np.ndarray, stamp: float) -> None:
+        """A quadrotor's newest set point or motor command (4,), if this episode takes commands."""
         with self.lock:
-            if not self._accepting(0.0):  # Float32MultiArray has no stamp
+            if not self._accepting(stamp):
                 return
             self.twist, self.twist_received = command, time.monotonic()
             self.commands += 1
@@ -349,7 +349,7 @@ class SimBridge(Node):
         return {"episode": self.episode, "seed": self.seed, "task": self.spec.name, "state": self.state,
                 "steps": self.steps, "success": self.success, "return": self.total_reward,
                 "commands": self.commands, "overruns": self.overruns, "max_steps": self.env.max_steps,
-                "failsafe_steps": getattr(self, "failsafe_steps", 0),
+                "failsafe_steps": self.failsafe_steps,
                 "wall_s": None if self.started_wall is None else time.time() - self.started_wall,
                 "info": self.info}
 

@@ -29,12 +29,12 @@ class QuadrotorExpert:
         self.dt = 1.0 / spec.control_rate_hz
         self.gains = gains
         self.cascade = Cascade(gains=gains)
-        self.held = None
+        self.held: np.ndarray | None = None  # a failsafe position hold, see hold()
         self.name = f"QuadrotorExpert({spec.short_name})"
 
     def reset(self) -> None:
         self.cascade.reset()
-        self.held: np.ndarray | None = None
+        self.held = None
 
     def hold(self, position) -> None:
         """From now on fly to and hold ``position`` (3,) m, world, whatever the task's reference: a flight
