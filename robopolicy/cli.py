@@ -52,7 +52,7 @@ def cmd_train(args) -> dict:
     overrides = {k: v for k, v in {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "val_episodes": args.val_episodes,
         "seed": args.seed, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-        "grad_clip_norm": args.grad_clip, "wandb": args.wandb or None,
+        "grad_clip_norm": args.grad_clip, "wandb": args.wandb or None, "mixed_precision": args.mixed_precision,
     }.items() if v is not None}
     policy_overrides = {}
     if args.backbone:
@@ -148,8 +148,8 @@ def cmd_demo(args) -> None:
     train_args = argparse.Namespace(
         store=str(store), out=str(run), policy="diffusion", config=args.config, steps=args.steps, batch_size=None,
         lr=None, val_episodes=None, seed=args.seed, eval_every=None, eval_episodes=None, grad_clip=None,
-        wandb=False, backbone=None, obs_keys=None, action_key=None, task=None, eval_workers=args.workers,
-        device="cpu" if args.device == "cpu" else None, quiet=args.quiet)
+        wandb=False, mixed_precision=None, backbone=None, obs_keys=None, action_key=None, task=None,
+        eval_workers=args.workers, device="cpu" if args.device == "cpu" else None, quiet=args.quiet)
     train_summary = cmd_train(train_args)
     timings["train"] = time.perf_counter() - t0
 
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int)
     p.add_argument("--eval-workers", type=int, default=1)
     p.add_argument("--grad-clip", type=float)
+    p.add_argument("--mixed-precision", choices=["no", "bf16"],
+                   help="bf16: forward under bfloat16 autocast, weights and optimizer in fp32 (default: no)")
     p.add_argument("--device", choices=["cpu", "auto"], default="auto")
     p.add_argument("--wandb", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -29,6 +29,10 @@ from robopolicy.store import DemoStore, Normalizer, StoreError, WindowSampler, s
 from robopolicy.train.checkpoint import (CheckpointError, load_training_state, read_config, save_checkpoint)
 
 
+# Autocast dtypes. fp16 is left out: it needs loss scaling, and bf16 runs wherever fp16 would pay.
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
+
+
 @dataclass
 class TrainConfig:
     """Args:
@@ -41,6 +45,10 @@ class TrainConfig:
         log_every, val_every, save_every: in steps. eval_every: steps between evaluations in simulation
             (0: only at the end); needs an evaluation function, i.e. `--task`. eval_episodes: per evaluation.
         seed: seeds the model init, batches, the validation split and the noise.
+        mixed_precision: "no", or "bf16": the training forward runs under torch.autocast in bfloat16 (GEMMs and
+            convolutions in bf16 with fp32 accumulation; weights, gradients, AdamW and EMA stay fp32). About
+            1.7x faster steps for the paper U-Net on a CPU with AVX-512 BF16 (bench/speed.py); validation
+            and evaluation run in fp32 either way.
     """
 
     steps: int = 1000
@@ -61,6 +69,11 @@ class TrainConfig:
     eval_episodes: int = 10
     seed: int = 0
     wandb: bool = False
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got '{self.mixed_precision}'")
 
 
 EvaluateFn = Callable[[Path, int], dict]  # (checkpoint dir, episodes) -> {"success_rate": ..., ...}
@@ -125,7 +138,12 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
     val_windows = WindowSampler(arrays, store.episode_ends, episodes=val_eps, **window_args) if len(val_eps) else None
 
     policy = get_policy_class(policy_name)(policy_config)
-    optimizer = torch.optim.AdamW(policy.optim_groups(config.weight_decay), lr=config.lr, betas=config.betas)
+    device = accelerator.device
+    # One fused kernel for the whole update where torch has it (CPU and CUDA): 3x less time than the
+    # per-tensor loop for the paper U-Net's 63 M parameters on CPU.
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(policy.optim_groups(config.weight_decay), lr=config.lr, betas=config.betas,
+                                  fused=fused)
     for group in optimizer.param_groups:  # e.g. EBT's step size learns faster than the network
         group["lr"] = config.lr * group.get("lr_multiplier", 1.0)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=config.warmup_steps,
@@ -145,7 +163,7 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
         ema.optimization_step = state["step"]
 
     model, optimizer, lr_schedule = accelerator.prepare(policy, optimizer, lr_schedule)
-    device = accelerator.device
+    autocast_dtype = MIXED_PRECISION[config.mixed_precision]
     if ema is not None:
         ema.to(device)
 
@@ -226,7 +244,8 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
         idx, extras = policy.batch_indices(len(train_windows), train_windows.window_episode, config.batch_size,
                                            state["step"], rng)
         batch = to_batch(train_windows, idx, extras)
-        loss = model(batch)["loss"]
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(batch)["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)

@@ -51,6 +51,25 @@ def test_training_learns_and_writes_a_checkpoint_and_logs(trained):
     assert any(k.startswith("ema.") for k in tensors) and any(k.startswith("model.") for k in tensors)
 
 
+def test_bf16_mixed_precision_trains_as_well_as_fp32(trained, reach_store, tmp_path):
+    fp32_run, _ = trained
+    config = json.loads((fp32_run / "latest" / "config.json").read_text())["train_config"]
+    assert config["mixed_precision"] == "no"
+    overrides = {k: config[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "val_every", "val_episodes")}
+    out = tmp_path / "bf16"
+    train(reach_store, out, preset="cpu", policy_overrides=TINY, progress=False, cpu=True,
+          train_overrides={**overrides, "mixed_precision": "bf16"})
+    assert json.loads((out / "latest" / "config.json").read_text())["train_config"]["mixed_precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in load_file(out / "latest" / "model.safetensors").values())
+    fp32_loss, bf16_loss = metrics(fp32_run, "train/loss"), metrics(out, "train/loss")
+    assert bf16_loss != fp32_loss  # same seed and batches: only the autocast can make them differ
+    fp32_val, bf16_val = metrics(fp32_run, "val/loss"), metrics(out, "val/loss")
+    assert bf16_val[-1] < 0.7 * bf16_val[0] and abs(bf16_val[-1] - fp32_val[-1]) < 0.05 * fp32_val[-1]
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        train(reach_store, tmp_path / "fp16", preset="cpu", policy_overrides=TINY, progress=False, cpu=True,
+              train_overrides={**overrides, "mixed_precision": "fp16"})
+
+
 def test_trained_policy_reaches_the_goal_through_the_runner(trained):
     from robopolicy.runtime import PolicyRunner
 
