@@ -18,10 +18,18 @@ class _ConvWithGemmWeightGrad(torch.autograd.Function):
 
     On CPU, oneDNN's weight-gradient kernel is slow when the sequence is shorter than the kernel (the U-Net's
     deepest level, L=4 with k=5: about 1.4x the GEMM's time); the GEMM computes the same sum.
+
+    Under autocast (mixed-precision training) the inputs are cast to the autocast dtype here, as autocast casts
+    them for F.conv1d, and saved so: the backward then runs in that one dtype whether or not autocast is still
+    on (the trainer calls backward outside it), and autograd casts the gradients back to the inputs' dtypes.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int):
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         return F.conv1d(x, weight, bias, padding=padding)

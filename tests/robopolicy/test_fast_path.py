@@ -195,6 +195,13 @@ def test_gemm_weight_gradient_under_bf16_autocast():
             Conv1d.gemm_weight_grad = True
         return [p.grad.clone() for p in unet.parameters()]
 
+    conv = Conv1d(6, 4, 5, padding=2)
+    x32 = torch.randn(3, 6, 4, requires_grad=True)  # an fp32 input, e.g. a norm's output, on the GEMM path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x32)
+    out.float().square().sum().backward()
+    assert x32.grad.dtype == conv.weight.grad.dtype == torch.float32
+
     reference, ours, stock = grads(True, False), grads(True, True), grads(False, True)
     assert all(g.dtype == torch.float32 for g in ours)
     errors = [rel(o, r) for o, r in zip(ours, reference)]
