@@ -78,22 +78,25 @@ def measure_peaks(device: str = "cpu", quick: bool = False) -> dict:
         peaks[f"{name}_gflops"] = 2 * n ** 3 / median_time(lambda: a @ b, repeats, device=device) / 1e9
     # The U-Net's deepest level at training batch 256: (256, 1024, L=4), k=5; and its widest, (256, 256, L=16).
     for c, length in [(1024, 4), (256, 16)]:
-        x = torch.randn(256, c, length, device=device)
-        w = torch.randn(c, c, 5, device=device)
-        flops = 2 * 256 * length * c * c * 5
-        seconds = median_time(lambda: F.conv1d(x, w, padding=2), repeats, device=device)
-        peaks[f"conv1d_fp32_c{c}_l{length}_gflops"] = flops / seconds / 1e9
+        for precision, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+            x = torch.randn(256, c, length, device=device, dtype=dtype)
+            w = torch.randn(c, c, 5, device=device, dtype=dtype)
+            flops = 2 * 256 * length * c * c * 5
+            seconds = median_time(lambda: F.conv1d(x, w, padding=2), repeats, device=device)
+            peaks[f"conv1d_{precision}_c{c}_l{length}_gflops"] = flops / seconds / 1e9
     big = torch.randn(64 * 2 ** 20, device=device)  # 256 MB: far beyond any cache
     peaks["read_gbs"] = big.numel() * 4 / median_time(lambda: big.sum(), repeats, device=device) / 1e9
     w, v = torch.randn(8192, 8192, device=device), torch.randn(8192, device=device)  # 256 MB of weights
     peaks["matvec_fp32_gbs"] = w.numel() * 4 / median_time(lambda: torch.mv(w, v), repeats, device=device) / 1e9
-    peaks["compute_fp32_gflops"] = max(v for k, v in peaks.items() if k.endswith("gflops") and "bf16" not in k)
+    for precision in ("fp32", "bf16"):
+        peaks[f"compute_{precision}_gflops"] = max(v for k, v in peaks.items()
+                                                   if k.endswith("gflops") and f"_{precision}" in k)
     return peaks
 
 
 def floors(costs: dict, peaks: dict) -> dict:
     """Least time (s) per batch-1 forward, per chunk, and per training step, from costs and peaks."""
-    compute, compute_bf16 = peaks["compute_fp32_gflops"] * 1e9, peaks["matmul_bf16_gflops"] * 1e9
+    compute, compute_bf16 = peaks["compute_fp32_gflops"] * 1e9, peaks["compute_bf16_gflops"] * 1e9
     matvec = peaks["matvec_fp32_gbs"] * 1e9
     read = max(peaks["read_gbs"] * 1e9, matvec)  # the best streaming rate measured
     f1 = costs["forward_flops_b1"]
@@ -108,7 +111,10 @@ def floors(costs: dict, peaks: dict) -> dict:
         out[f"chunk_{steps}_bf16_s"] = steps * out["forward_b1_bf16_s"]
     for key, flops in costs.items():
         if key.startswith("train_flops_"):
+            # bf16: mixed-precision training, every GEMM and convolution at the bf16 rate (a lower bound: the
+            # norms, activations and optimizer stay fp32).
             out[f"train_step_{key.removeprefix('train_flops_')}_fp32_s"] = flops / compute
+            out[f"train_step_{key.removeprefix('train_flops_')}_bf16_s"] = flops / compute_bf16
     return out
 
 
