@@ -53,6 +53,7 @@ class Cell:
     settings: (sampler, steps) pairs for PolicyRunner.from_checkpoint; sampler None keeps the checkpoint's
     (EBT has one "sampler", energy descent, and `steps` is its K).
     overrides: (field, value) pairs on top of the preset's policy config.
+    train_overrides: (field, value) pairs on top of the preset's TrainConfig.
     """
 
     name: str
@@ -60,6 +61,7 @@ class Cell:
     preset: str
     settings: tuple[tuple[str | None, int], ...]
     overrides: tuple[tuple[str, object], ...] = ()
+    train_overrides: tuple[tuple[str, object], ...] = ()
 
 
 CELLS = {c.name: c for c in [
@@ -72,6 +74,9 @@ CELLS = {c.name: c for c in [
     # It shapes the energy away from the descent paths; `bench/ebt_energy.py` reads it as an OOD signal.
     Cell("ebt-s2", "ebt", "cpu", ((None, 1), (None, 2), (None, 4)),
          (("replay_buffer", True), ("langevin_std", 0.05), ("step_size_jitter", 2.0))),
+    # Mixed precision: the same network and budget, its forward under bf16 autocast (more steps in the budget).
+    Cell("diffusion-bf16", "diffusion", "cpu", (("ddpm", 100), ("ddim", 10)),
+         train_overrides=(("mixed_precision", "bf16"),)),
 ]}
 
 
@@ -134,14 +139,16 @@ def train_cell(cell: Cell, store: Path, directory: Path, budget_s: float, calibr
 
     shutil.rmtree(directory, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="grid-calibrate-") as tmp:
-        probe = train(str(store), tmp, cell.policy, cell.preset, {"steps": 10**6, "save_every": 10**6},
+        probe = train(str(store), tmp, cell.policy, cell.preset,
+                      {**dict(cell.train_overrides), "steps": 10**6, "save_every": 10**6},
                       dict(cell.overrides), progress=False, max_seconds=calibrate_s)
     rate = probe["steps"] / probe["train_seconds"]
     planned = max(1, int(rate * budget_s))  # the probe pays the warm-up and a validation too: about even
 
     load_before, cpu_before, wall_before = os.getloadavg(), time.process_time(), time.perf_counter()
-    summary = train(str(store), str(directory), cell.policy, cell.preset, {"steps": planned},
-                    dict(cell.overrides), progress=False, max_seconds=budget_s)
+    summary = train(str(store), str(directory), cell.policy, cell.preset,
+                    {**dict(cell.train_overrides), "steps": planned}, dict(cell.overrides), progress=False,
+                    max_seconds=budget_s)
     wall = time.perf_counter() - wall_before
     return {
         "budget_s": budget_s, "seconds": summary["train_seconds"], "steps": summary["steps"],
@@ -226,7 +233,8 @@ def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, epis
             policy, _, _ = load_policy(checkpoint)
             params = sum(p.numel() for p in policy.parameters())
             result = {"task": short_name(task), "cell": cell.name, "policy": cell.policy, "preset": cell.preset,
-                      "overrides": dict(cell.overrides), "minutes": minutes,
+                      "overrides": dict(cell.overrides), "train_overrides": dict(cell.train_overrides),
+                      "minutes": minutes,
                       "store": os.path.relpath(store, out), "params": params,
                       "policy_config": {k: getattr(policy.config, k)
                                         for k in ("horizon", "n_obs_steps", "n_action_steps")},
@@ -266,9 +274,11 @@ def markdown(results: list[dict], collects: dict[str, dict], tasks: list[str], c
         "",
     ]
     for name in cells:
-        if CELLS[name].overrides:
-            changed = ", ".join(f"{k}={v}" for k, v in CELLS[name].overrides)
-            lines += [f"`{name}` is `{CELLS[name].policy}` ({CELLS[name].preset}) with {changed}.", ""]
+        if _is_variant(name):
+            changed = ", ".join(f"{k}={v}" for k, v in CELLS[name].overrides + CELLS[name].train_overrides)
+            ran_on = sorted({r["task"] for r in results if r["cell"] == name}) or ["no task yet"]
+            lines += [f"`{name}` is `{CELLS[name].policy}` ({CELLS[name].preset}) with {changed}; a study, run on "
+                      f"{', '.join(ran_on)}.", ""]
     by_key = {(r["task"], r["cell"], r["minutes"]): r for r in results}
     budgets = sorted({r["minutes"] for r in results}) or []
     for task in map(short_name, tasks):
@@ -281,6 +291,8 @@ def markdown(results: list[dict], collects: dict[str, dict], tasks: list[str], c
         for minutes in budgets:
             for name in cells:
                 r = by_key.get((task, name, minutes))
+                if r is None and _is_variant(name):
+                    continue
                 if r is None:
                     lines.append(f"| {name} | — | not run yet | | | | {minutes:g} min | | |")
                     continue
@@ -305,14 +317,19 @@ def markdown(results: list[dict], collects: dict[str, dict], tasks: list[str], c
     return "\n".join(lines)
 
 
+def _is_variant(name: str) -> bool:
+    """A cell that changes its family's preset (a study run on chosen tasks, not on every one)."""
+    return bool(CELLS[name].overrides or CELLS[name].train_overrides)
+
+
 def print_table(results: list[dict]) -> None:
-    header = f"{'task':<30} {'cell':<10} {'sampler':<10} {'success':>8} {'95% CI':>14} {'NFE':>5} " \
+    header = f"{'task':<30} {'cell':<14} {'sampler':<10} {'success':>8} {'95% CI':>14} {'NFE':>5} " \
              f"{'ms/chunk':>9} {'steps':>6}"
     print(header)
     print("-" * len(header))
     for r in results:
         for key, e in r["evals"].items():
-            print(f"{r['task']:<30} {r['cell']:<10} {e['sampler']:<10} {e['success_rate']:>8.2f} "
+            print(f"{r['task']:<30} {r['cell']:<14} {e['sampler']:<10} {e['success_rate']:>8.2f} "
                   f"[{e['ci95'][0]:.2f},{e['ci95'][1]:.2f}] {e['nfe']:>5g} {e['latency']['median_ms']:>9.1f} "
                   f"{r['train']['steps']:>6}")
 

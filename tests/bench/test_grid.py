@@ -69,9 +69,12 @@ def test_grid_cell_trains_once_skips_when_done_and_fills_in_only_missing_setting
     assert sorted(again["evals"]) == ["ddim-2", "ddim-3"] and again["train"] == result["train"]
     assert weights.stat().st_mtime_ns == written
 
-    # The table lists every setting of the cell, and the cells not run yet.
-    grid.write_report(tmp_path, tmp_path, [task], ["diffusion", "flow"], {})
+    # The table lists every setting of the cell, and the family cells not run yet; a study cell (a preset
+    # changed) only where it ran, with a note naming what it changes.
+    grid.write_report(tmp_path, tmp_path, [task], ["diffusion", "flow", "diffusion-bf16"], {})
     table = (tmp_path / "grid.md").read_text()
     assert "| diffusion | ddim-2 |" in table and "| diffusion | ddim-3 |" in table
     assert "| flow | — | not run yet |" in table
+    assert "| diffusion-bf16 |" not in table
+    assert "`diffusion-bf16` is `diffusion` (cpu) with mixed_precision=bf16; a study, run on no task yet." in table
     assert json.loads((tmp_path / "grid.json").read_text())["cells"][0]["evals"].keys() == {"ddim-2", "ddim-3"}
