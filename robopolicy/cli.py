@@ -100,7 +100,8 @@ def checkpoint_info(path: Path) -> str:
         f"checkpoint     {path}",
         f"policy         {c['policy']} (config '{c.get('preset')}', backbone {pc.get('backbone', '-')})",
         f"parameters     {c['param_count']:,}",
-        f"step           {c.get('step')}",
+        f"step           {c.get('step')} (batch {c['train_config']['batch_size']}, mixed precision "
+        f"{c['train_config'].get('mixed_precision', 'no')})",
         f"observations   {', '.join(f'{k} {tuple(v)}' for k, v in pc['obs_shapes'].items())}",
         f"actions        {c['action_key']} ({pc['action_dim']}-d, {c['action_semantics']})",
         f"windows        H={pc['horizon']} To={pc['n_obs_steps']} Ta={pc['n_action_steps']}",

@@ -164,6 +164,9 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
 
     model, optimizer, lr_schedule = accelerator.prepare(policy, optimizer, lr_schedule)
     autocast_dtype = MIXED_PRECISION[config.mixed_precision]
+    if main and autocast_dtype is torch.bfloat16 and device.type == "cpu" and not _native_cpu_bf16():
+        print("warning: this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 autocast is emulated and "
+              "usually slower than fp32; --mixed-precision no is the faster choice here")
     if ema is not None:
         ema.to(device)
 
@@ -314,6 +317,12 @@ def _check_resumable(previous: dict, path: Path, policy_name: str, obs_shapes: d
     if previous["policy_config"]["obs_shapes"] != obs_shapes:
         raise CheckpointError(f"{path} was trained on observations {previous['policy_config']['obs_shapes']}, the "
                               f"store gives {obs_shapes} (choose another --out)")
+
+
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (where autocast pays); torch only reports it privately."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def _restore_tuples(values: dict) -> dict:
