@@ -70,6 +70,20 @@ def test_bf16_mixed_precision_trains_as_well_as_fp32(trained, reach_store, tmp_p
               train_overrides={**overrides, "mixed_precision": "fp16"})
 
 
+@pytest.mark.parametrize("policy", ["flow", "seed", "ebt"])
+def test_every_family_trains_under_bf16_autocast(reach_store, tmp_path, policy):
+    """EBT differentiates through its energy descent (second order), SeedPolicy through its recurrent state:
+    both must run under autocast too, and give what fp32 gives up to bf16 rounding."""
+    overrides = {"steps": 3, "batch_size": 16, "val_every": 3, "val_episodes": 1}
+    losses = {}
+    for precision in ("no", "bf16"):
+        summary = train(reach_store, tmp_path / precision, policy, "cpu", {**overrides, "mixed_precision": precision},
+                        progress=False, cpu=True)
+        losses[precision] = summary["val_loss"]
+    assert np.isfinite(losses["bf16"]) and losses["bf16"] != losses["no"]
+    assert abs(losses["bf16"] - losses["no"]) < 0.05 * losses["no"]
+
+
 def test_trained_policy_reaches_the_goal_through_the_runner(trained):
     from robopolicy.runtime import PolicyRunner
 
