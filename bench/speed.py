@@ -1,6 +1,7 @@
 """Ours (eager, fast and compiled, fp32 and bf16) side by side with LeRobot 0.4.4, and both against the floor.
 
     flock /tmp/robopolicy-train.lock .venv-lerobot/bin/python bench/speed.py [--quick] [--device cpu|cuda]
+    python bench/speed.py --render-only     # tables and plots again from bench/results/speed.json
 
 The network is the paper U-Net, low-dim PushT-like (obs 20, action 2, H 16, To 2, down dims 256/512/1024,
 kernel 5, step embedding 128; 63,554,434 parameters) in both. In one process, alternating contestant by
@@ -338,7 +339,34 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(result: dict, plot_rel: str) -> str:
+def plot_training(result: dict, path: Path) -> None:
+    """Training step per batch size: ours and the peer in fp32 and bf16 mixed precision, with both floors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, floors = result["train_step_ms"], result["floor"]["floors"]
+    names = [n for n in ("ours", "ours bf16", "lerobot 0.4.4", "lerobot 0.4.4 bf16") if n in train["b64"]]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axes, ("b64", "b256")):
+        values = [train[key][n] for n in names]
+        ax.bar(range(len(names)), values, color=["#999" if "lerobot" in n else "#3a7" for n in names])
+        ax.set_xticks(range(len(names)), [n.replace("lerobot 0.4.4", "LeRobot") for n in names], rotation=20,
+                      fontsize=8)
+        for precision, style in (("fp32", "--"), ("bf16", ":")):
+            ax.axhline(floors[f"train_step_{key}_{precision}_s"] * 1e3, color="k", ls=style, lw=1,
+                       label=f"{precision} floor")
+        ax.set_title(f"batch {key[1:]}", fontsize=9)
+        ax.set_ylabel("training step (ms)")
+        ax.set_ylim(0, max(values) * 1.3)  # room for the legend above the bars
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
     m, lat, train = result["machine"], result["chunk_latency_ms"], result["train_step_ms"]
     mem, r, f = result["peak_rss_growth_mb"], result["ratios"], result["floor"]["floors"]
     lines = ["## Speed: ours vs LeRobot 0.4.4 and the floor", "",
@@ -359,7 +387,8 @@ def markdown(result: dict, plot_rel: str) -> str:
         ref = result["peer_reference"]
         lines.append(f"| LeRobot reference (peer-baselines.md) | DDIM-10 {ref['ddim10_ms']:.0f} | "
                      f"DDPM-100 {ref['ddpm100_ms']:.0f} | | |")
-    lines += ["", "| training step (ms) | " + " | ".join(train["b64"]) + " | floor fp32 / bf16 |",
+    lines += ["", f"![training step]({train_plot_rel})",
+              "", "| training step (ms) | " + " | ".join(train["b64"]) + " | floor fp32 / bf16 |",
               "|---|" + "---|" * (len(train["b64"]) + 1)]
     for key in ("b64", "b256"):
         lines.append(f"| batch {key[1:]} | " + " | ".join(f"{v:.0f}" for v in train[key].values())
@@ -405,15 +434,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     parser.add_argument("--out", default=str(RESULTS / "speed.json"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite the tables and plots from the JSON at --out")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
-    result = run(args.device, args.quick)
     out = Path(args.out)
+    result = json.loads(out.read_text()) if args.render_only else run(args.device, args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = RESULTS / "plots" / f"{out.stem}_ddim10.png"
+    train_plot_path = RESULTS / "plots" / f"{out.stem}_training.png"
     plot(result, plot_path)
-    text = markdown(result, str(Path("plots") / plot_path.name))
+    plot_training(result, train_plot_path)
+    text = markdown(result, str(Path("plots") / plot_path.name), str(Path("plots") / train_plot_path.name))
     print(text)
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(text)
@@ -423,7 +456,7 @@ def main() -> None:
                         "load_average": result["load_average_before"], **result["floor"]}
         floor_json.write_text(json.dumps(floor_result, indent=2))
         floor_json.with_suffix(".md").write_text(floor.markdown(floor_result))
-    print(f"wrote {out}, {out.with_suffix('.md')}, {plot_path}")
+    print(f"wrote {out}, {out.with_suffix('.md')}, {plot_path}, {train_plot_path}")
 
 
 if __name__ == "__main__":
