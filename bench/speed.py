@@ -296,13 +296,15 @@ def ratios(result: dict, floors: dict, peer_live: bool) -> dict:
                                     "speedup_vs_peer": round(peer_lat[key] / ms, 2)}
     for key in ("b64", "b256"):
         # Each precision against its own floor and the peer at the same precision.
-        for precision, name, peer_name in [("fp32", "ours", "lerobot 0.4.4"), ("bf16", "ours bf16", "lerobot 0.4.4 bf16")]:
+        for precision, name in [("fp32", "ours"), ("bf16", "ours bf16")]:
+            peer_name = "lerobot 0.4.4" + name.removeprefix("ours")
             ms, floor_s = train[key][name], floors[f"train_step_{key}_{precision}_s"]
             peer_ms = train[key].get(peer_name) if peer_live else peer_train[key] if precision == "fp32" else None
             out[f"train {key} {name}"] = {"ms": round(ms, 1), "x_floor": round(ms / 1e3 / floor_s, 2)}
             if peer_ms:
                 out[f"train {key} {name}"]["speedup_vs_peer"] = round(peer_ms / ms, 2)
-                out[f"train {key} {peer_name}"] = {"ms": round(peer_ms, 1), "x_floor": round(peer_ms / 1e3 / floor_s, 2)}
+                out[f"train {key} {peer_name}"] = {"ms": round(peer_ms, 1),
+                                                   "x_floor": round(peer_ms / 1e3 / floor_s, 2)}
     best = {p: min(v for n, v in lat["ddim10"].items() if n.startswith("ours") and n != "ours eager" and p in n)
             for p in ("fp32", "bf16")}
     out["targets"] = {
