@@ -249,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot = RESULTS / "plots" / "ros_closed_loop_latency.png"
+    plot = out.parent / "plots" / "ros_closed_loop_latency.png"  # results/plots for the default --out
     if args.render_only:
         result = json.loads((out / "ros_closed_loop.json").read_text())
         for r in result["rows"]:

@@ -444,8 +444,8 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if args.render_only else run(args.device, args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_path = RESULTS / "plots" / f"{out.stem}_ddim10.png"
-    train_plot_path = RESULTS / "plots" / f"{out.stem}_training.png"
+    plot_path = out.parent / "plots" / f"{out.stem}_ddim10.png"  # beside the JSON: --quick leaves results/ alone
+    train_plot_path = out.parent / "plots" / f"{out.stem}_training.png"
     plot(result, plot_path)
     plot_training(result, train_plot_path)
     text = markdown(result, str(Path("plots") / plot_path.name), str(Path("plots") / train_plot_path.name))
