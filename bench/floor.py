@@ -94,10 +94,32 @@ def measure_peaks(device: str = "cpu", quick: bool = False) -> dict:
     peaks["read_gbs"] = big.numel() * 4 / median_time(lambda: big.sum(), repeats, device=device) / 1e9
     w, v = torch.randn(8192, 8192, device=device), torch.randn(8192, device=device)  # 256 MB of weights
     peaks["matvec_fp32_gbs"] = w.numel() * 4 / median_time(lambda: torch.mv(w, v), repeats, device=device) / 1e9
+    if device == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        peaks |= _packed_gemm_streaming_gbs(repeats)
     for precision in ("fp32", "bf16"):
         peaks[f"compute_{precision}_gflops"] = max(v for k, v in peaks.items()
                                                    if k.endswith("gflops") and f"_{precision}" in k)
     return peaks
+
+
+def _packed_gemm_streaming_gbs(repeats: int) -> dict:
+    """GB/s of weights that oneDNN's packed GEMM streams at the U-Net's batch-1 shape that holds most of its
+    bytes (the deepest level: 4 rows, 5120 -> 1024), from DRAM: the calls cycle through ~256 MB of weight
+    copies, as a denoising step cycles through the network's. This is the rate the fast path's GEMMs can have."""
+    out = {}
+    k, n, m = 5120, 1024, 4
+    for precision, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+        copies = int(256e6 // (k * n * 4))
+        packed = [torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k).to(dtype), m) for _ in range(copies)]
+        x = torch.randn(m, k).to(dtype)
+
+        def sweep():
+            for w in packed:
+                torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+        seconds = median_time(sweep, repeats)
+        out[f"gemm_m4_packed_{precision}_gbs"] = copies * k * n * dtype.itemsize / seconds / 1e9
+    return out
 
 
 def floors(costs: dict, peaks: dict) -> dict:
@@ -111,10 +133,14 @@ def floors(costs: dict, peaks: dict) -> dict:
         "forward_b1_fp32_matvec_s": max(f1 / compute, costs["weight_bytes_fp32"] / matvec),
         "forward_b1_bf16_s": max(f1 / compute_bf16, costs["weight_bytes_bf16"] / read),
     }
+    # At the rate oneDNN's packed GEMM streams weights (when measured): what the GEMMs alone would take.
+    for precision in ("fp32", "bf16"):
+        if f"gemm_m4_packed_{precision}_gbs" in peaks:
+            out[f"forward_b1_{precision}_gemm_s"] = (costs[f"weight_bytes_{precision}"]
+                                                     / (peaks[f"gemm_m4_packed_{precision}_gbs"] * 1e9))
+    per_forward = {k.removeprefix("forward_b1_").removesuffix("_s"): v for k, v in out.items()}
     for steps in (10, 100):
-        out[f"chunk_{steps}_fp32_s"] = steps * out["forward_b1_fp32_s"]
-        out[f"chunk_{steps}_fp32_matvec_s"] = steps * out["forward_b1_fp32_matvec_s"]
-        out[f"chunk_{steps}_bf16_s"] = steps * out["forward_b1_bf16_s"]
+        out |= {f"chunk_{steps}_{name}_s": steps * seconds for name, seconds in per_forward.items()}
     for key, flops in costs.items():
         if key.startswith("train_flops_"):
             # bf16: mixed-precision training, every GEMM and convolution at the bf16 rate (a lower bound: the

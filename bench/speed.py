@@ -294,6 +294,8 @@ def ratios(result: dict, floors: dict, peer_live: bool) -> dict:
             x_floor = ms / 1e3 / floors[f"chunk_{steps}_{precision}_s"]
             out[f"{key} {name}"] = {"ms": round(ms, 2), "x_floor": round(x_floor, 2),
                                     "speedup_vs_peer": round(peer_lat[key] / ms, 2)}
+            if f"chunk_{steps}_{precision}_gemm_s" in floors:  # the weights streamed at the GEMM's own rate
+                out[f"{key} {name}"]["x_gemm_floor"] = round(ms / 1e3 / floors[f"chunk_{steps}_{precision}_gemm_s"], 2)
     for key in ("b64", "b256"):
         # Each precision against its own floor and the peer at the same precision.
         for precision, name in [("fp32", "ours"), ("bf16", "ours bf16")]:
@@ -400,10 +402,14 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
               "with the stock backward. 'bf16' is mixed precision for both: the forward under bfloat16 autocast, the "
               "backward outside it, weights and optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
               "`accelerate launch --mixed_precision bf16`). Its floor counts every FLOP at the bf16 rate.", "",
-              "| vs floor and peer | ms | × floor | speed-up vs peer |", "|---|---|---|---|"]
+              "'× GEMM floor' divides by the time the chunk's weights take at the rate oneDNN's packed GEMM streams "
+              "them from DRAM at the deepest layer's batch-1 shape, measured in this run (floor.json: "
+              "gemm_m4_packed_*_gbs): what is left above 1 is everything but streaming the weights.", "",
+              "| vs floor and peer | ms | × floor | × GEMM floor | speed-up vs peer |", "|---|---|---|---|---|"]
     for name, v in r.items():
         if name != "targets":
-            lines.append(f"| {name} | {v['ms']} | {v['x_floor']} | {v.get('speedup_vs_peer', '')} |")
+            lines.append(f"| {name} | {v['ms']} | {v['x_floor']} | {v.get('x_gemm_floor', '')} | "
+                         f"{v.get('speedup_vs_peer', '')} |")
     lines += ["", "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["targets"].items()]
     missed = [k for k, v in r["targets"].items() if not v]
