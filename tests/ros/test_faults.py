@@ -62,17 +62,19 @@ def test_killed_policy_node_leaves_the_sim_robot_holding(launch_node, ros_node, 
         node.wait_exit(10)
         killed[name] = time.monotonic()
     quad_at_kill = convert.odometry_to_state(odom[-1][1])
-    time.sleep(2.5)
+    time.sleep(3.0)
     assert all(b.running() for b in bridges), [b.log() for b in bridges]
     for ns in ("arm", "quad"):  # still the same running episode: nothing crashed, nothing ended
         report = last_json(episodes[ns])
         assert report["state"] == "running" and report["episode"] == 0, report
 
-    # Arm: once the joint controller has settled on the last target (0.8 s), the joints do not move.
+    # Arm: the joint controller holds the last target. From 1.5 s after the kill the joints move by less than
+    # 5 mrad: an arm let go moves by tenths of a radian, while the controller's slow tail on joint 4 measured
+    # 0.1-2.5 mrad over that window here (0.3-4 mrad from 0.8 s, which was once too early for a 2 mrad bound).
     names = [f"panda_joint{i}" for i in range(1, 8)]
-    after = np.array([convert.jointstate_positions(m, names) for t, m in joints if t > killed["arm"] + 0.8])
+    after = np.array([convert.jointstate_positions(m, names) for t, m in joints if t > killed["arm"] + 1.5])
     assert len(after) > 15  # the bridge kept stepping and publishing at 20 Hz
-    assert np.ptp(after, axis=0).max() < 2e-3, np.ptp(after, axis=0)
+    assert np.ptp(after, axis=0).max() < 5e-3, np.ptp(after, axis=0)
     # Quadrotor: the last set point runs for cmd_timeout_s (0.5 s), then hover; it stays near where it was.
     late = np.array([convert.odometry_to_state(m) for t, m in odom if t > killed["quad"] + 1.5])
     assert len(late) > 25
