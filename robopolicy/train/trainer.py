@@ -46,7 +46,7 @@ class TrainConfig:
             (0: only at the end); needs an evaluation function, i.e. `--task`. eval_episodes: per evaluation.
         seed: seeds the model init, batches, the validation split and the noise.
         mixed_precision: "no", or "bf16": the training forward runs under torch.autocast in bfloat16 (GEMMs and
-            convolutions in bf16 with fp32 accumulation; weights, gradients, AdamW and EMA stay fp32). 1.5-1.6x
+            convolutions in bf16 with fp32 accumulation; weights, gradients, AdamW and EMA stay fp32). 1.5-1.8x
             faster steps for the paper U-Net on a CPU with AVX-512 BF16 (bench/speed.py); validation and
             evaluation run in fp32 either way.
     """
