@@ -4,7 +4,7 @@
 
 Batch-1 latency of one DDIM action chunk against the horizon H, the action dimension A, the number of
 96×96 cameras (each through its own ResNet-18 encoder) and the number of denoising steps; training
-throughput against the batch size; and 2-process DDP on the CPU (torchrun, gloo, one thread each) against
+throughput against the batch size, in fp32 and bf16 mixed precision; and 2-process DDP on the CPU (torchrun, gloo, one thread each) against
 one process with the same two cores. One sweep varies one knob; the others stay at the preset (H=16, A=4,
 Meta-World's 39-d state, no camera, DDIM-10, batch 256). Medians after warm-up. Prints tables, writes
 JSON (machine, load average), plots to bench/results/plots/scaling_*.png and a markdown section.
@@ -60,13 +60,15 @@ def chunk_ms(policy, repeats: int) -> float:
         return timed(lambda: policy.predict_chunk(obs), repeats) * 1e3
 
 
-def train_samples_per_s(batch_size: int, repeats: int) -> float:
+def train_samples_per_s(batch_size: int, repeats: int, bf16: bool = False) -> float:
+    """A training step as the trainer runs it (fused AdamW; `bf16`: --mixed-precision bf16)."""
     policy = make_policy().train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=True)
     batch = {**observation(policy, batch_size), "action": torch.rand(batch_size, 16, ACTION_DIM) * 2 - 1}
 
     def step():
-        loss = policy(batch)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = policy(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -90,7 +92,8 @@ def latency_sweeps(quick: bool, repeats: int) -> dict[str, list[dict]]:
         policy.config.num_inference_steps = s
         out["denoising_steps"].append({"value": s, "chunk_ms": chunk_ms(policy, repeats)})
     for b in values["batch_size"]:
-        out["batch_size"].append({"value": b, "samples_per_s": train_samples_per_s(b, max(2, repeats // 2))})
+        out["batch_size"].append({"value": b, "samples_per_s": train_samples_per_s(b, max(2, repeats // 2)),
+                                  "samples_per_s_bf16": train_samples_per_s(b, max(2, repeats // 2), bf16=True)})
     return out
 
 
@@ -145,7 +148,11 @@ def plot(result: dict, plots: Path) -> list[str]:
     for knob, rows in result["sweeps"].items():
         metric = "samples_per_s" if knob == "batch_size" else "chunk_ms"
         fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
-        ax.plot([r["value"] for r in rows], [r[metric] for r in rows], "o-")
+        ax.plot([r["value"] for r in rows], [r[metric] for r in rows], "o-", label="fp32")
+        if knob == "batch_size" and "samples_per_s_bf16" in rows[0]:
+            ax.plot([r["value"] for r in rows], [r["samples_per_s_bf16"] for r in rows], "s--",
+                    label="bf16 mixed precision")
+            ax.legend(fontsize=8)
         ax.set_xlabel(LABELS[knob])
         ax.set_ylabel("training samples/s" if metric == "samples_per_s" else "batch-1 chunk latency (ms)")
         if knob in ("batch_size", "denoising_steps", "horizon"):
@@ -177,7 +184,11 @@ def markdown(result: dict) -> str:
     rows = s["batch_size"]
     lines += ["| training batch | " + " | ".join(str(r["value"]) for r in rows) + " |",
               "|---|" + "---:|" * len(rows),
-              "| samples/s | " + " | ".join(f"{r['samples_per_s']:,.0f}" for r in rows) + " |", ""]
+              "| samples/s | " + " | ".join(f"{r['samples_per_s']:,.0f}" for r in rows) + " |"]
+    if "samples_per_s_bf16" in rows[0]:
+        lines.append("| samples/s, bf16 mixed precision | "
+                     + " | ".join(f"{r['samples_per_s_bf16']:,.0f}" for r in rows) + " |")
+    lines.append("")
     if result.get("ddp"):
         lines += ["Data-parallel training on the CPU (`robopolicy train`, batch 64 per process, samples/s "
                   "over all processes after the first log interval):", "",
