@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import machine_info  # noqa: E402
+from robopolicy.nn.fast_unet import PRECISIONS, PackedLinear, _onednn_packing  # noqa: E402
 from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1d  # noqa: E402
 
 # The paper U-Net, low-dim PushT-like (obs 20 x To 2, action 2, H 16): 63,554,434 parameters.
@@ -94,7 +95,7 @@ def measure_peaks(device: str = "cpu", quick: bool = False) -> dict:
     peaks["read_gbs"] = big.numel() * 4 / median_time(lambda: big.sum(), repeats, device=device) / 1e9
     w, v = torch.randn(8192, 8192, device=device), torch.randn(8192, device=device)  # 256 MB of weights
     peaks["matvec_fp32_gbs"] = w.numel() * 4 / median_time(lambda: torch.mv(w, v), repeats, device=device) / 1e9
-    if device == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+    if _onednn_packing(torch.device(device)):
         peaks |= _packed_gemm_streaming_gbs(repeats)
     for precision in ("fp32", "bf16"):
         peaks[f"compute_{precision}_gflops"] = max(v for k, v in peaks.items()
@@ -103,21 +104,17 @@ def measure_peaks(device: str = "cpu", quick: bool = False) -> dict:
 
 
 def _packed_gemm_streaming_gbs(repeats: int) -> dict:
-    """GB/s of weights that oneDNN's packed GEMM streams at the U-Net's batch-1 shape that holds most of its
-    bytes (the deepest level: 4 rows, 5120 -> 1024), from DRAM: the calls cycle through ~256 MB of weight
-    copies, as a denoising step cycles through the network's. This is the rate the fast path's GEMMs can have."""
+    """GB/s of weights that the fast path's GEMM (`PackedLinear`, oneDNN-packed) streams at the U-Net's batch-1
+    shape that holds most of its bytes (the deepest level: 4 rows, 5120 -> 1024), from DRAM: the calls cycle
+    through 25 weight copies (256 MB in fp32, 128 MB in bf16; far beyond the caches), as a denoising step cycles
+    through the network's weights."""
     out = {}
     k, n, m = 5120, 1024, 4
-    for precision, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
-        copies = int(256e6 // (k * n * 4))
-        packed = [torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k).to(dtype), m) for _ in range(copies)]
-        x = torch.randn(m, k).to(dtype)
-
-        def sweep():
-            for w in packed:
-                torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-
-        seconds = median_time(sweep, repeats)
+    copies = int(256e6 // (k * n * 4))
+    for precision, dtype in PRECISIONS.items():
+        layers = [PackedLinear(torch.randn(n, k), None, dtype, rows=m) for _ in range(copies)]
+        x = torch.randn(m, k)
+        seconds = median_time(lambda: [layer(x) for layer in layers], repeats)
         out[f"gemm_m4_packed_{precision}_gbs"] = copies * k * n * dtype.itemsize / seconds / 1e9
     return out
 

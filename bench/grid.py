@@ -234,8 +234,7 @@ def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, epis
             params = sum(p.numel() for p in policy.parameters())
             result = {"task": short_name(task), "cell": cell.name, "policy": cell.policy, "preset": cell.preset,
                       "overrides": dict(cell.overrides), "train_overrides": dict(cell.train_overrides),
-                      "minutes": minutes,
-                      "store": os.path.relpath(store, out), "params": params,
+                      "minutes": minutes, "store": os.path.relpath(store, out), "params": params,
                       "policy_config": {k: getattr(policy.config, k)
                                         for k in ("horizon", "n_obs_steps", "n_action_steps")},
                       "train": trained, "evals": {}, "machine": machine_info()}
