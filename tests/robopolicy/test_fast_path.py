@@ -160,31 +160,19 @@ def test_gemm_weight_gradient_matches_conv_backward():
                                     (x, conv.weight, conv.bias))
     assert torch.autograd.gradcheck(lambda x: conv(x), (x,))
 
-    torch.manual_seed(0)
-    unet = ConditionalUnet1D(3, 10, (16, 32, 64), step_embed_dim=16)
-    x, t, cond = torch.randn(8, 16, 3), torch.randint(0, 100, (8,)), torch.randn(8, 10)
-
-    def grads(gemm: bool):
-        Conv1d.gemm_weight_grad = gemm
-        try:
-            unet.zero_grad()
-            F.mse_loss(unet(x, t, cond), x).backward()
-        finally:
-            Conv1d.gemm_weight_grad = True
-        return [p.grad.clone() for p in unet.parameters()]
-
+    grads = _unet_gradients()
     for ours, stock in zip(grads(True), grads(False)):
         assert rel(ours, stock) < 1e-5
 
 
-def test_gemm_weight_gradient_under_bf16_autocast():
-    """Mixed-precision training: forward under autocast, backward outside it (as the trainer runs it). The
-    gradients come back in fp32, within bf16 rounding of the fp32 ones, and agree with oneDNN's bf16 backward."""
+def _unet_gradients():
+    """grads(gemm, autocast) -> a small U-Net's parameter gradients on fixed data, with our GEMM weight
+    gradient or oneDNN's backward, the forward optionally under bf16 autocast and the backward outside it."""
     torch.manual_seed(0)
     unet = ConditionalUnet1D(3, 10, (16, 32, 64), step_embed_dim=16)  # deepest level L=4 < k=5: the GEMM path
     x, t, cond = torch.randn(8, 16, 3), torch.randint(0, 100, (8,)), torch.randn(8, 10)
 
-    def grads(gemm: bool, autocast: bool):
+    def grads(gemm: bool, autocast: bool = False) -> list[torch.Tensor]:
         Conv1d.gemm_weight_grad = gemm
         try:
             unet.zero_grad()
@@ -194,7 +182,12 @@ def test_gemm_weight_gradient_under_bf16_autocast():
         finally:
             Conv1d.gemm_weight_grad = True
         return [p.grad.clone() for p in unet.parameters()]
+    return grads
 
+
+def test_gemm_weight_gradient_under_bf16_autocast():
+    """Mixed-precision training: forward under autocast, backward outside it (as the trainer runs it). The
+    gradients come back in fp32, within bf16 rounding of the fp32 ones, and agree with oneDNN's bf16 backward."""
     conv = Conv1d(6, 4, 5, padding=2)
     x32 = torch.randn(3, 6, 4, requires_grad=True)  # an fp32 input, e.g. a norm's output, on the GEMM path
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -202,6 +195,7 @@ def test_gemm_weight_gradient_under_bf16_autocast():
     out.float().square().sum().backward()
     assert x32.grad.dtype == conv.weight.grad.dtype == torch.float32
 
+    grads = _unet_gradients()
     reference, ours, stock = grads(True, False), grads(True, True), grads(False, True)
     assert all(g.dtype == torch.float32 for g in ours)
     errors = [rel(o, r) for o, r in zip(ours, reference)]
