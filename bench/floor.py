@@ -63,14 +63,14 @@ def unet_costs(batch_sizes=(1, 64, 256)) -> dict:
             unet(x, t, cond)
         costs[f"forward_flops_b{b}"] = counter.get_total_flops()
         if b > 1:
-            # Counted through the stock convolution backward: our weight-gradient GEMM computes the same sums
-            # in an op (oneDNN's matmul) that torch's FLOP counter does not know, and would be left out.
-            Conv1d.gemm_weight_grad = False
+            # Counted through the stock convolution backward: our weight-gradient forms compute the same sums,
+            # the GEMM one in an op (oneDNN's matmul) that torch's FLOP counter does not know and would leave out.
+            Conv1d.fast_weight_grad = False
             try:
                 with FlopCounterMode(display=False) as counter:
                     unet(x, t, cond).square().mean().backward()
             finally:
-                Conv1d.gemm_weight_grad = True
+                Conv1d.fast_weight_grad = True
             costs[f"train_flops_b{b}"] = counter.get_total_flops()
     return costs
 

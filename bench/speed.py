@@ -153,9 +153,9 @@ def train_fns(device: str, policy, peer, batch_size: int) -> dict:
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, **fused)
     ema = EMAModel(policy.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75, foreach=True)
 
-    def our_step(gemm_weight_grad: bool, with_ema: bool = False, bf16: bool = False):
+    def our_step(fast_weight_grad: bool, with_ema: bool = False, bf16: bool = False):
         def run():
-            Conv1d.gemm_weight_grad = gemm_weight_grad
+            Conv1d.fast_weight_grad = fast_weight_grad
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # as the trainer's --mixed-precision
                 loss = policy(batch)["loss"]
             opt.zero_grad(set_to_none=True)
@@ -163,7 +163,7 @@ def train_fns(device: str, policy, peer, batch_size: int) -> dict:
             opt.step()
             if with_ema:
                 ema.step(policy.parameters())
-            Conv1d.gemm_weight_grad = True
+            Conv1d.fast_weight_grad = True
         return run
 
     fns = {"ours": our_step(True), "ours + EMA": our_step(True, True),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from robopolicy.generative.diffusion import make_scheduler, reverse_process, sample, sample_steps
 from robopolicy.nn.fast_unet import FastUnet1D, compile_step
-from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1d, _ConvWithGemmWeightGrad
+from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1d, _ConvFastWeightGrad, weight_grad_form
 from robopolicy.policies import build_config, get_policy_class
 from robopolicy.runtime.runner import PolicyRunner
 from robopolicy.store import Normalizer
@@ -153,12 +153,12 @@ def test_runner_fast_and_bf16_from_checkpoint(tmp_path):
         PolicyRunner.from_checkpoint(path, precision="fp8")
 
 
-def test_gemm_weight_gradient_matches_conv_backward():
+def test_fast_weight_gradient_matches_conv_backward():
     conv = Conv1d(6, 4, 5, padding=2).double()
-    x = torch.randn(3, 6, 4, dtype=torch.double, requires_grad=True)  # L=4 < k=5: the GEMM path
-    assert torch.autograd.gradcheck(lambda x, w, b: _ConvWithGemmWeightGrad.apply(x, w, b, 2),
-                                    (x, conv.weight, conv.bias))
-    assert torch.autograd.gradcheck(lambda x: conv(x), (x,))
+    x = torch.randn(3, 6, 4, dtype=torch.double, requires_grad=True)
+    for form in ("conv", "gemm"):
+        assert torch.autograd.gradcheck(lambda x, w, b: _ConvFastWeightGrad.apply(x, w, b, form),
+                                        (x, conv.weight, conv.bias))
 
     grads = _unet_gradients()
     for ours, stock in zip(grads(True), grads(False)):
@@ -166,32 +166,36 @@ def test_gemm_weight_gradient_matches_conv_backward():
 
 
 def _unet_gradients():
-    """grads(gemm, autocast) -> a small U-Net's parameter gradients on fixed data, with our GEMM weight
-    gradient or oneDNN's backward, the forward optionally under bf16 autocast and the backward outside it."""
+    """grads(fast, autocast) -> a small U-Net's parameter gradients on fixed data, with our weight-gradient forms
+    or oneDNN's backward, the forward optionally under bf16 autocast and the backward outside it."""
     torch.manual_seed(0)
-    unet = ConditionalUnet1D(3, 10, (16, 32, 64), step_embed_dim=16)  # deepest level L=4 < k=5: the GEMM path
-    x, t, cond = torch.randn(8, 16, 3), torch.randint(0, 100, (8,)), torch.randn(8, 10)
+    unet = ConditionalUnet1D(3, 10, (128, 128, 128), step_embed_dim=16)
+    x, t, cond = torch.randn(64, 16, 3), torch.randint(0, 100, (64,)), torch.randn(64, 10)
+    # B=64 at L=16, 8, 4: stock, conv and gemm in fp32; conv everywhere in bf16.
+    assert [weight_grad_form((64, 128, length), (128, 128, 5), torch.float32) for length in (16, 8, 4)] == \
+        ["stock", "conv", "gemm"]
 
-    def grads(gemm: bool, autocast: bool = False) -> list[torch.Tensor]:
-        Conv1d.gemm_weight_grad = gemm
+    def grads(fast: bool, autocast: bool = False) -> list[torch.Tensor]:
+        Conv1d.fast_weight_grad = fast
         try:
             unet.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = unet(x, t, cond)
             F.mse_loss(out.float(), x).backward()
         finally:
-            Conv1d.gemm_weight_grad = True
+            Conv1d.fast_weight_grad = True
         return [p.grad.clone() for p in unet.parameters()]
     return grads
 
 
-def test_gemm_weight_gradient_under_bf16_autocast():
+def test_fast_weight_gradient_under_bf16_autocast():
     """Mixed-precision training: forward under autocast, backward outside it (as the trainer runs it). The
     gradients come back in fp32, within bf16 rounding of the fp32 ones, and agree with oneDNN's bf16 backward."""
-    conv = Conv1d(6, 4, 5, padding=2)
-    x32 = torch.randn(3, 6, 4, requires_grad=True)  # an fp32 input, e.g. a norm's output, on the GEMM path
+    conv = Conv1d(128, 128, 5, padding=2)
+    x32 = torch.randn(3, 128, 4, requires_grad=True)  # an fp32 input, e.g. a norm's output
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = conv(x32)
+    assert type(out.grad_fn).__name__ == "_ConvFastWeightGradBackward"
     out.float().square().sum().backward()
     assert x32.grad.dtype == conv.weight.grad.dtype == torch.float32
 
