@@ -397,9 +397,9 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
     for key in ("b64", "b256"):
         lines.append(f"| batch {key[1:]} | " + " | ".join(f"{v:.0f}" for v in train[key].values())
                      + f" | {f[f'train_step_{key}_fp32_s'] * 1e3:.0f} / {f[f'train_step_{key}_bf16_s'] * 1e3:.0f} |")
-    lines += ["", "Ours trains with fused AdamW and our conv1d (weight gradient as a forward conv or a GEMM where that is faster, `weight_grad_form`); LeRobot with its own "
-              "Adam preset and gradient clipping at 10 (what its training script runs). 'oneDNN conv backward' is ours "
-              "with the stock backward. 'bf16' is mixed precision for both: the forward under bfloat16 autocast, the "
+    lines += ["", "Ours trains with fused AdamW and our conv1d (weight gradient as a forward conv or a GEMM where "
+              "that is faster, `weight_grad_form`); LeRobot with its own Adam preset and gradient clipping at 10 "
+              "(what its training script runs). 'oneDNN conv backward' is ours with the stock backward. 'bf16' is mixed precision for both: the forward under bfloat16 autocast, the "
               "backward outside it, weights and optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
               "`accelerate launch --mixed_precision bf16`). Its floor counts every FLOP at the bf16 rate.", "",
               "'× GEMM floor' divides by the time the chunk's weights take at the rate oneDNN's packed GEMM streams "
