@@ -210,7 +210,8 @@ def evaluate_setting(checkpoint: Path, task: str, sampler: str | None, steps: in
 
 
 def run_cell(task: str, cell: Cell, out: Path, store: Path, minutes: float, episodes: int, workers: int,
-             lock: str | None = TRAINING_LOCK, calibrate_s: float = 20.0, latency_repeats: int = 15) -> tuple[dict, str]:
+             lock: str | None = TRAINING_LOCK, calibrate_s: float = 20.0,
+             latency_repeats: int = 15) -> tuple[dict, str]:
     """Trains and evaluates one cell as far as it is not done yet; returns (its result, what was done).
 
     What was done: "skipped" (nothing left), "evaluated" (trained earlier, settings missing), "trained".

@@ -294,14 +294,18 @@ def ratios(result: dict, floors: dict, peer_live: bool) -> dict:
             x_floor = ms / 1e3 / floors[f"chunk_{steps}_{precision}_s"]
             out[f"{key} {name}"] = {"ms": round(ms, 2), "x_floor": round(x_floor, 2),
                                     "speedup_vs_peer": round(peer_lat[key] / ms, 2)}
-            if f"chunk_{steps}_{precision}_gemm_s" in floors:  # the weights streamed at the GEMM's own rate
-                out[f"{key} {name}"]["x_gemm_floor"] = round(ms / 1e3 / floors[f"chunk_{steps}_{precision}_gemm_s"], 2)
+            gemm_floor_s = floors.get(f"chunk_{steps}_{precision}_gemm_s")  # weights at the GEMM's own rate
+            if gemm_floor_s:
+                out[f"{key} {name}"]["x_gemm_floor"] = round(ms / 1e3 / gemm_floor_s, 2)
     for key in ("b64", "b256"):
         # Each precision against its own floor and the peer at the same precision.
         for precision, name in [("fp32", "ours"), ("bf16", "ours bf16")]:
             peer_name = "lerobot 0.4.4" + name.removeprefix("ours")
             ms, floor_s = train[key][name], floors[f"train_step_{key}_{precision}_s"]
-            peer_ms = train[key].get(peer_name) if peer_live else peer_train[key] if precision == "fp32" else None
+            if peer_live:
+                peer_ms = train[key].get(peer_name)
+            else:  # the published reference has fp32 only
+                peer_ms = peer_train[key] if precision == "fp32" else None
             out[f"train {key} {name}"] = {"ms": round(ms, 1), "x_floor": round(ms / 1e3 / floor_s, 2)}
             if peer_ms:
                 out[f"train {key} {name}"]["speedup_vs_peer"] = round(peer_ms / ms, 2)
@@ -399,8 +403,9 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
                      + f" | {f[f'train_step_{key}_fp32_s'] * 1e3:.0f} / {f[f'train_step_{key}_bf16_s'] * 1e3:.0f} |")
     lines += ["", "Ours trains with fused AdamW and our conv1d (weight gradient as a forward conv or a GEMM where "
               "that is faster, `weight_grad_form`); LeRobot with its own Adam preset and gradient clipping at 10 "
-              "(what its training script runs). 'oneDNN conv backward' is ours with the stock backward. 'bf16' is mixed precision for both: the forward under bfloat16 autocast, the "
-              "backward outside it, weights and optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
+              "(what its training script runs). 'oneDNN conv backward' is ours with the stock backward. 'bf16' is "
+              "mixed precision for both: the forward under bfloat16 autocast, the backward outside it, weights and "
+              "optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
               "`accelerate launch --mixed_precision bf16`). Its floor counts every FLOP at the bf16 rate.", "",
               "'× GEMM floor' divides by the time the chunk's weights take at the rate oneDNN's packed GEMM streams "
               "them from DRAM at the deepest layer's batch-1 shape, measured in this run (floor.json: "

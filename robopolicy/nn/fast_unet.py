@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1dBlock, FiLMResidualBlock
+from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1dBlock, FiLMResidualBlock, _onednn
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _onednn_packing(device: torch.device) -> bool:
     has_ops = hasattr(torch.ops.mkldnn, "_reorder_linear_weight")  # what inductor's freezing uses
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and has_ops
+    return device.type == "cpu" and _onednn() and has_ops
 
 
 class PackedLinear:
