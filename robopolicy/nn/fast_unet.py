@@ -4,21 +4,24 @@ At batch 1 the paper U-Net's forward is memory-bound (254 MB of fp32 weights for
 conv1d kernels at sequence lengths 4-16 stream those weights at a fraction of the memory bandwidth. This view
 
 - keeps activations time-major (B, L, C) and runs every convolution as one GEMM over the unfolded input,
-  (B*L, C_in*K) @ (C_in*K, C_out), with the weights packed once for oneDNN's small-M matmul;
+  (B*L, C_in*K) @ (C_in*K, C_out), with the weights packed once: for robopolicy's `stream_linear` kernel, which
+  reads them at the memory's speed (CPU with AVX-512), or else for oneDNN's small-M matmul;
 - computes every FiLM scale and bias for all the timesteps of a chunk at once (`condition`; the timesteps' share,
   embedding included, once per sampler schedule), so a denoising step runs only the convolutions, GroupNorm and
   Mish;
-- optionally stores the packed weights in bf16 (half the bytes; fp32 accumulation inside oneDNN, activations
-  rounded to bf16 at each GEMM input and output).
+- optionally stores the packed weights in bf16 (half the bytes; fp32 accumulation, activations rounded to bf16
+  at each GEMM input, and at its output too where oneDNN runs it).
 
 `compile_step` goes one further: inductor compiles the whole step with the weights frozen in. It fuses every
-GroupNorm, FiLM and Mish into a few C++ loops, and on CPU times each GEMM shape against its own AVX-512 template
-and keeps the faster. This pays at batch 1, where those small ops cost as much as a GEMM each.
+GroupNorm, FiLM and Mish into a few C++ loops around the `stream_linear` calls, and on CPU times any other GEMM
+shape against its own AVX-512 template and keeps the faster. This pays at batch 1, where those small ops cost as
+much as a GEMM each.
 
 The view holds copies of the weights: rebuild it after the module's weights change (DiffusionPolicy does this
 by itself, see `robopolicy/policies/diffusion.py`).
 """
 
+import functools
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robopolicy.nn import stream_linear
 from robopolicy.nn.unet1d import ConditionalUnet1D, Conv1dBlock, FiLMResidualBlock, _onednn
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LinearFactory = Callable[..., "PackedLinear"]  # (weight (N, K), bias (N,) | None, rows) -> a layer
 
 
 def _onednn_packing(device: torch.device) -> bool:
@@ -38,23 +43,35 @@ def _onednn_packing(device: torch.device) -> bool:
 
 
 class PackedLinear:
-    """y = x @ W^T + b for x (..., K) -> (..., N), W held in `dtype` and, on CPU, pre-packed for oneDNN.
+    """y = x @ W^T + b for x (..., K) -> (..., N), W held in `dtype` in the fastest layout that applies here:
 
-    `rows` is the expected number of rows M of x; oneDNN picks its weight layout for it (any M still works).
-    `pack=False` keeps a plain tensor (what torch.compile can trace).
+    - `stream_linear`'s blocked layout (CPU with AVX-512, N a multiple of 16, up to 64 rows): reads the weights
+      at the memory's speed, and torch.compile traces it as one operator;
+    - else, with `pack`, oneDNN's packed layout for `rows` rows (CPU; what eager calls run fastest);
+    - else a plain tensor (GPU, or what torch.compile then packs itself).
+
+    `rows` is the expected number of rows M of x (any M still works).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, rows: int,
-                 pack: bool = True):
+                 pack: bool = True, stream: bool = True):
         self.dtype = dtype
+        weight = weight.detach()
+        self.layout = ("stream" if stream and rows <= 64 and stream_linear.supports(weight, dtype)
+                       else "onednn" if pack and _onednn_packing(weight.device) else "plain")
+        if self.layout == "stream":
+            self.bias = None if bias is None else bias.detach().float()
+            self.weight = stream_linear.pack(weight, dtype)
+            return
         self.bias = None if bias is None else bias.detach().to(dtype)
-        weight = weight.detach().to(dtype).contiguous()
-        self.packed = pack and _onednn_packing(weight.device)
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.packed else weight
+        weight = weight.to(dtype).contiguous()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.layout == "onednn" else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "stream":
+            return stream_linear.linear(x, self.weight, self.bias)
         x = x.to(self.dtype)
-        if self.packed:
+        if self.layout == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
@@ -68,10 +85,10 @@ def _unfold(h: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Te
 class _Conv:
     """nn.Conv1d on time-major activations: (B, L, C_in) -> (B, L_out, C_out)."""
 
-    def __init__(self, conv: nn.Conv1d, dtype: torch.dtype, rows: int, pack: bool):
+    def __init__(self, conv: nn.Conv1d, linear: LinearFactory, rows: int):
         self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         # Conv1d weights (C_out, C_in, K) flatten to the (C_in, K) order that `_unfold` produces.
-        self.linear = PackedLinear(conv.weight.flatten(1), conv.bias, dtype, rows, pack)
+        self.linear = linear(conv.weight.flatten(1), conv.bias, rows)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.kernel == 1 and self.stride == 1:
@@ -86,12 +103,12 @@ class _ConvTranspose:
     two GEMMs over the length-2 windows of the input padded by one step on each side.
     """
 
-    def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype, rows: int, pack: bool):
+    def __init__(self, conv: nn.ConvTranspose1d, linear: LinearFactory, rows: int):
         if (conv.kernel_size[0], conv.stride[0], conv.padding[0]) != (4, 2, 1):
             raise ValueError(f"fast path supports ConvTranspose1d(k=4, stride=2, padding=1), got {conv}")
         w = conv.weight.detach().transpose(0, 1)  # (C_out, C_in, 4)
-        self.even = PackedLinear(w[:, :, [3, 1]].flatten(1), conv.bias, dtype, rows, pack)
-        self.odd = PackedLinear(w[:, :, [2, 0]].flatten(1), conv.bias, dtype, rows, pack)
+        self.even = linear(w[:, :, [3, 1]].flatten(1), conv.bias, rows)
+        self.odd = linear(w[:, :, [2, 0]].flatten(1), conv.bias, rows)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         batch, length, _ = h.shape
@@ -107,9 +124,9 @@ class _ConvNormMish:
     group_norm enters an OpenMP region at any size, which costs milliseconds when the cores are shared.
     """
 
-    def __init__(self, block: Conv1dBlock, dtype: torch.dtype, rows: int, pack: bool):
+    def __init__(self, block: Conv1dBlock, linear: LinearFactory, rows: int):
         conv, norm, _ = block
-        self.conv = _Conv(conv, dtype, rows, pack)
+        self.conv = _Conv(conv, linear, rows)
         self.groups, self.eps = norm.num_groups, norm.eps
         self.weight, self.bias = norm.weight.detach().float(), norm.bias.detach().float()
 
@@ -123,10 +140,10 @@ class _ConvNormMish:
 
 
 class _ResBlock:
-    def __init__(self, block: FiLMResidualBlock, dtype: torch.dtype, rows: int, pack: bool):
-        self.conv1 = _ConvNormMish(block.conv1, dtype, rows, pack)
-        self.conv2 = _ConvNormMish(block.conv2, dtype, rows, pack)
-        self.skip = _Conv(block.skip, dtype, rows, pack) if isinstance(block.skip, nn.Conv1d) else None
+    def __init__(self, block: FiLMResidualBlock, linear: LinearFactory, rows: int):
+        self.conv1 = _ConvNormMish(block.conv1, linear, rows)
+        self.conv2 = _ConvNormMish(block.conv2, linear, rows)
+        self.skip = _Conv(block.skip, linear, rows) if isinstance(block.skip, nn.Conv1d) else None
 
     def __call__(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """x (B, L, C_in), film (B, 2*C_out): this step's FiLM scale and bias -> (B, L, C_out)."""
@@ -154,21 +171,26 @@ class FastUnet1D:
 
     precision: "fp32" or "bf16" (GEMM weights and inputs; norms, FiLM and the head stay fp32).
     batch_hint: the batch size the weights are packed for. pack: oneDNN-packed weights (CPU); off for
-    torch.compile, which cannot trace them.
+    torch.compile, which cannot trace them. stream: `stream_linear`'s kernel wherever it applies (see
+    `PackedLinear`); off, every GEMM is oneDNN's (or inductor's, compiled).
     """
 
     def __init__(self, unet: ConditionalUnet1D, precision: str = "fp32", batch_hint: int = 1, horizon: int = 16,
-                 pack: bool = True):
+                 pack: bool = True, stream: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         dtype = PRECISIONS[precision]
         self.precision, self.packed = precision, pack
+
+        def linear(weight, bias, rows, dtype=dtype):
+            return PackedLinear(weight, bias, dtype, rows, pack, stream)
+
         self.downsample_factor = unet.downsample_factor
         self.time_embed = unet.time_embed
         length = horizon
 
         def res(block):
-            return _ResBlock(block, dtype, batch_hint * length, pack)
+            return _ResBlock(block, linear, batch_hint * length)
 
         blocks, self.down = [], []
         for res1, res2, downsample in unet.down:
@@ -176,18 +198,18 @@ class FastUnet1D:
             blocks += [res1, res2]
             if isinstance(downsample, nn.Conv1d):
                 length //= 2
-                level[2] = _Conv(downsample, dtype, batch_hint * length, pack)
+                level[2] = _Conv(downsample, linear, batch_hint * length)
             self.down.append(level)
         self.mid = [res(block) for block in unet.mid]
         blocks += list(unet.mid)
         self.up = []
         for res1, res2, upsample in unet.up:
-            self.up.append((res(res1), res(res2), _ConvTranspose(upsample, dtype, batch_hint * length, pack)))
+            self.up.append((res(res1), res(res2), _ConvTranspose(upsample, linear, batch_hint * length)))
             blocks += [res1, res2]
             length *= 2
         head_block, head_conv = unet.head
-        self.head = (_ConvNormMish(head_block, dtype, batch_hint * length, pack),
-                     _Conv(head_conv, torch.float32, batch_hint * length, pack))
+        self.head = (_ConvNormMish(head_block, linear, batch_hint * length),
+                     _Conv(head_conv, functools.partial(linear, dtype=torch.float32), batch_hint * length))
         # Every block's FiLM layer as one matrix, split by input: it is linear in mish([t_emb, global_cond]) =
         # [mish(t_emb), mish(global_cond)], and the timestep half is fixed by the sampler's schedule, so it is
         # computed once per schedule (`_timestep_film`) and a chunk only multiplies its observation half.
