@@ -4,8 +4,10 @@
 
 FLOPs are counted by torch.utils.flop_counter on the real module (forward, and forward + backward for training);
 bytes are the weights a batch-1 forward must stream. The machine's peaks are measured here, in this run: fp32 and
-bf16 matmul GFLOP/s, conv1d GFLOP/s at the U-Net's training shapes, matrix-vector GB/s and memory read GB/s.
-Floor = max(FLOPs / best compute peak, bytes / read bandwidth); `bench/speed.py` divides its times by it.
+bf16 matmul GFLOP/s, conv1d GFLOP/s at the U-Net's training shapes, and the GB/s at which a sum, a
+matrix-vector product and the fast path's batch-1 GEMMs (robopolicy's stream_linear and oneDNN's) read 256 MB.
+Floor = max(FLOPs / best compute peak, bytes / best of those read rates); `bench/speed.py` divides its times by
+it.
 """
 
 import argparse
@@ -96,26 +98,29 @@ def measure_peaks(device: str = "cpu", quick: bool = False) -> dict:
     w, v = torch.randn(8192, 8192, device=device), torch.randn(8192, device=device)  # 256 MB of weights
     peaks["matvec_fp32_gbs"] = w.numel() * 4 / median_time(lambda: torch.mv(w, v), repeats, device=device) / 1e9
     if _onednn_packing(torch.device(device)):
-        peaks |= _packed_gemm_streaming_gbs(repeats)
+        peaks |= _gemm_streaming_gbs(repeats)
     for precision in ("fp32", "bf16"):
         peaks[f"compute_{precision}_gflops"] = max(v for k, v in peaks.items()
                                                    if k.endswith("gflops") and f"_{precision}" in k)
     return peaks
 
 
-def _packed_gemm_streaming_gbs(repeats: int) -> dict:
-    """GB/s of weights that the fast path's GEMM (`PackedLinear`, oneDNN-packed) streams at the U-Net's batch-1
-    shape that holds most of its bytes (the deepest level: 4 rows, 5120 -> 1024), from DRAM: the calls cycle
-    through 25 weight copies (256 MB in fp32, 128 MB in bf16; far beyond the caches), as a denoising step cycles
-    through the network's weights."""
+def _gemm_streaming_gbs(repeats: int) -> dict:
+    """GB/s of weights that the fast path's GEMMs (`PackedLinear`: robopolicy's stream_linear kernel, and
+    oneDNN's packed GEMM) stream at the U-Net's batch-1 shape that holds most of its bytes (the deepest level:
+    4 rows, 5120 -> 1024), from DRAM: the calls cycle through 25 weight copies (256 MB in fp32, 128 MB in bf16;
+    far beyond the caches), as a denoising step cycles through the network's weights."""
     out = {}
     k, n, m = 5120, 1024, 4
     copies = int(256e6 // (k * n * 4))
     for precision, dtype in PRECISIONS.items():
-        layers = [PackedLinear(torch.randn(n, k), None, dtype, rows=m) for _ in range(copies)]
-        x = torch.randn(m, k)
-        seconds = median_time(lambda: [layer(x) for layer in layers], repeats)
-        out[f"gemm_m4_packed_{precision}_gbs"] = copies * k * n * dtype.itemsize / seconds / 1e9
+        for gemm, stream in [("onednn", False), ("stream", True)]:
+            layers = [PackedLinear(torch.randn(n, k), None, dtype, rows=m, stream=stream) for _ in range(copies)]
+            if layers[0].layout != ("stream" if stream else "onednn"):
+                continue  # the kernel does not run here
+            x = torch.randn(m, k)
+            seconds = median_time(lambda: [layer(x) for layer in layers], repeats)
+            out[f"gemm_m4_{gemm}_{precision}_gbs"] = copies * k * n * dtype.itemsize / seconds / 1e9
     return out
 
 
@@ -123,18 +128,21 @@ def floors(costs: dict, peaks: dict) -> dict:
     """Least time (s) per batch-1 forward, per chunk, and per training step, from costs and peaks."""
     compute, compute_bf16 = peaks["compute_fp32_gflops"] * 1e9, peaks["compute_bf16_gflops"] * 1e9
     matvec = peaks["matvec_fp32_gbs"] * 1e9
-    read = max(peaks["read_gbs"] * 1e9, matvec)  # the best streaming rate measured
+    # The best rate at which anything measured here read 256 MB: the memory's attainable bandwidth.
+    streaming = [v for key, v in peaks.items() if key == "read_gbs" or key.startswith(("matvec_", "gemm_m4_"))]
+    read = max(streaming) * 1e9
     f1 = costs["forward_flops_b1"]
     out = {
         "forward_b1_fp32_s": max(f1 / compute, costs["weight_bytes_fp32"] / read),
         "forward_b1_fp32_matvec_s": max(f1 / compute, costs["weight_bytes_fp32"] / matvec),
         "forward_b1_bf16_s": max(f1 / compute_bf16, costs["weight_bytes_bf16"] / read),
     }
-    # At the rate oneDNN's packed GEMM streams weights (when measured): what the GEMMs alone would take.
+    # At the rate the fast path's GEMM (stream_linear where it runs, else oneDNN) streams weights: what the
+    # GEMMs alone would take.
     for precision in ("fp32", "bf16"):
-        if f"gemm_m4_packed_{precision}_gbs" in peaks:
-            out[f"forward_b1_{precision}_gemm_s"] = (costs[f"weight_bytes_{precision}"]
-                                                     / (peaks[f"gemm_m4_packed_{precision}_gbs"] * 1e9))
+        rate = peaks.get(f"gemm_m4_stream_{precision}_gbs") or peaks.get(f"gemm_m4_onednn_{precision}_gbs")
+        if rate:
+            out[f"forward_b1_{precision}_gemm_s"] = costs[f"weight_bytes_{precision}"] / (rate * 1e9)
     per_forward = {k.removeprefix("forward_b1_").removesuffix("_s"): v for k, v in out.items()}
     for steps in (10, 100):
         out |= {f"chunk_{steps}_{name}_s": steps * seconds for name, seconds in per_forward.items()}

@@ -12,16 +12,20 @@ measures the machine's peaks in the same run; every time is also given as a rati
 shared/reference/peer-baselines.md, labelled as such.
 
 'fast' is the packed inference view (FastUnet1D); 'compiled' is the same view compiled by inductor with the
-weights frozen in and per-shape GEMM autotuning (`fast_unet.compile_step`; its compilation is not timed).
+weights frozen in and per-shape GEMM autotuning (`fast_unet.compile_step`; its compilation is not timed). Their
+GEMMs run robopolicy's stream_linear kernel where the CPU has AVX-512; the 'oneDNN GEMMs' rows are the compiled
+views without it (ROBOPOLICY_STREAM_LINEAR=0), the path before the kernel.
 
 `--device cuda` times ours eager vs fast (torch.compile with CUDA graphs) and bf16 against the GPU's
 measured peaks. That path has not been run (no GPU was available when it was written).
 """
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
+import os
 import statistics
 import sys
 import threading
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import floor  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
 from bench.peer import build_lerobot, lerobot_available, lerobot_batch, set_lerobot_sampler  # noqa: E402
+from robopolicy.nn import stream_linear  # noqa: E402
 from robopolicy.nn.unet1d import Conv1d  # noqa: E402
 from robopolicy.policies import build_config, get_policy_class  # noqa: E402
 
@@ -86,9 +91,12 @@ def chunk_fns(device: str, peer) -> dict:
     """
     obs = torch.randn(1, TO, OBS_DIM, device=device)
 
-    def our_chunk(fast: bool, precision: str, compile: bool = False):
+    def our_chunk(fast: bool, precision: str, compile: bool = False, stream: bool = True):
         policy = ours(device).eval().set_inference(fast=fast, precision=precision,
                                                    compile=compile or (fast and device == "cuda"))
+        if not stream:  # build (and compile) the view now, with every GEMM oneDNN's or inductor's
+            with without_stream_linear(), torch.no_grad():
+                policy.predict_chunk({"state": obs})
 
         def make(sampler, steps):
             def run():
@@ -102,6 +110,9 @@ def chunk_fns(device: str, peer) -> dict:
     if device == "cpu":  # on CUDA, 'fast' is already compiled
         fns |= {"ours compiled fp32": our_chunk(True, "fp32", compile=True),
                 "ours compiled bf16": our_chunk(True, "bf16", compile=True)}
+        if stream_linear.supports(torch.empty(16, 1), torch.float32):  # the kernel's gain, side by side
+            fns |= {"ours compiled fp32, oneDNN GEMMs": our_chunk(True, "fp32", compile=True, stream=False),
+                    "ours compiled bf16, oneDNN GEMMs": our_chunk(True, "bf16", compile=True, stream=False)}
     if peer is not None:
         batch = lerobot_batch(obs)
 
@@ -114,6 +125,20 @@ def chunk_fns(device: str, peer) -> dict:
             return run
         fns["lerobot 0.4.4"] = peer_chunk
     return fns
+
+
+@contextlib.contextmanager
+def without_stream_linear():
+    """Views built inside use oneDNN's GEMMs rather than robopolicy's stream_linear kernel."""
+    before = os.environ.get(stream_linear.SWITCH)
+    os.environ[stream_linear.SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[stream_linear.SWITCH]
+        else:
+            os.environ[stream_linear.SWITCH] = before
 
 
 def accuracy(policy, device: str) -> dict:
@@ -334,8 +359,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     lat = result["chunk_latency_ms"]["ddim10"]
-    fig, ax = plt.subplots(figsize=(6, 3))
     names = list(lat)
+    fig, ax = plt.subplots(figsize=(6, 1 + 0.3 * len(names)))
     ax.barh(names, [lat[n] for n in names], color=["#999" if "lerobot" in n else "#3a7" for n in names])
     floor_ms = result["floor"]["floors"]["chunk_10_fp32_s"] * 1e3
     ax.axvline(floor_ms, color="k", ls="--", lw=1, label=f"fp32 floor {floor_ms:.0f} ms")
@@ -407,9 +432,11 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
               "mixed precision for both: the forward under bfloat16 autocast, the backward outside it, weights and "
               "optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
               "`accelerate launch --mixed_precision bf16`). Its floor counts every FLOP at the bf16 rate.", "",
-              "'× GEMM floor' divides by the time the chunk's weights take at the rate oneDNN's packed GEMM streams "
-              "them from DRAM at the deepest layer's batch-1 shape, measured in this run (floor.json: "
-              "gemm_m4_packed_*_gbs): what is left above 1 is everything but streaming the weights.", "",
+              "The floor reads the weights at the best rate anything read 256 MB in this run (a sum, a "
+              "matrix-vector product, or a batch-1 GEMM: floor.json's read_gbs, matvec_fp32_gbs, gemm_m4_*_gbs). "
+              "'× GEMM floor' divides by the time the chunk's weights take at the rate the fast path's GEMM "
+              "(stream_linear) streams them from DRAM at the deepest layer's batch-1 shape: what is left above 1 is "
+              "everything but streaming the weights.", "",
               "| vs floor and peer | ms | × floor | × GEMM floor | speed-up vs peer |", "|---|---|---|---|---|"]
     for name, v in r.items():
         if name != "targets":

@@ -9,13 +9,17 @@ small-M GEMM (`bench/floor.py` measures both rates).
 
 The kernel is compiled on first use (torch.utils.cpp_extension, ~1 min, cached under ~/.cache/torch_extensions)
 and registered as the operator `robopolicy::stream_linear`, which torch.compile can trace. Where it cannot run
-(no AVX-512, no compiler, a GPU tensor) `supports` says so and callers keep their GEMM.
+(no AVX-512, no compiler, a GPU tensor) `supports` says so and callers keep their GEMM. Setting the
+environment variable ROBOPOLICY_STREAM_LINEAR=0 turns it off for views built afterwards (oneDNN's GEMMs then).
 
     packed = pack(weight, torch.bfloat16)        # weight (N, K) -> blocked layout
     y = linear(x, packed, bias)                  # x (..., K) fp32 -> y (..., N) fp32
 """
 
 import functools
+import hashlib
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +27,7 @@ import torch
 
 LANES = 16  # output features per packed block: one AVX-512 register of fp32
 SOURCE = Path(__file__).with_name("csrc") / "stream_linear.cpp"
+SWITCH = "ROBOPOLICY_STREAM_LINEAR"  # "0": don't use the kernel
 
 
 def _cpu_flags() -> set[str]:
@@ -51,14 +56,25 @@ def _built_dtypes() -> frozenset[torch.dtype]:
         from torch.utils.cpp_extension import load
 
         # The library registers `robopolicy::stream_linear` with the dispatcher when it is loaded.
-        load(name="robopolicy_stream_linear" + ("_bf16" if torch.bfloat16 in dtypes else ""),
-             sources=[str(SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"], is_python_module=False)
+        name = "robopolicy_stream_linear" + ("_bf16" if torch.bfloat16 in dtypes else "")
+        load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+             is_python_module=False, build_directory=str(_build_directory(name)))
     except Exception as error:  # no compiler, no ninja, a read-only cache: keep the caller's GEMM
         warnings.warn(f"robopolicy's stream_linear kernel could not be built, using the default GEMM: {error}",
                       RuntimeWarning, stacklevel=3)
         return frozenset()
     torch.library.register_fake("robopolicy::stream_linear")(_output_like)
     return frozenset(dtypes)
+
+
+def _build_directory(name: str) -> Path:
+    """One build per environment: its include paths (and torch) differ, and a shared directory would rebuild at
+    every switch between virtual environments."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    environment = hashlib.sha1(f"{sys.prefix} {torch.__version__}".encode()).hexdigest()[:10]
+    path = root / f"{name}-{environment}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _output_like(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -68,6 +84,8 @@ def _output_like(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def supports(weight: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether `linear` can run a weight (N, K) in `dtype` here (builds the kernel on the first call)."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return False
     return weight.device.type == "cpu" and weight.shape[0] % LANES == 0 and dtype in _built_dtypes()
 
 

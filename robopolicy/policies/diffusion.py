@@ -96,7 +96,9 @@ class DiffusionPolicy(Policy):
         """How `predict_chunk` runs the U-Net (the weights, the checkpoint and `denoise` stay the same).
 
         fast: the inference view `FastUnet1D` (conv as packed GEMMs, FiLM precomputed per chunk, schedule
-            coefficients precomputed); equal to the eager module to ~1e-5 relative in fp32.
+            coefficients precomputed); equal to the eager module to ~1e-5 relative in fp32. On CPUs with AVX-512
+            its GEMMs run robopolicy's `stream_linear` kernel (built on first use; ROBOPOLICY_STREAM_LINEAR=0
+            keeps oneDNN's).
         precision: "fp32", or "bf16" weights with fp32 accumulation (fast path only; ~1e-2 relative on ε).
         compile: inductor-compile the fast step with the weights frozen in (`fast_unet.compile_step`): on CPU
             with per-shape GEMM autotuning (first call 1-2 min), on CUDA as a CUDA graph (untested on GPUs).
