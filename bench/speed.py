@@ -7,7 +7,8 @@ The network is the paper U-Net, low-dim PushT-like (obs 20, action 2, H 16, To 2
 kernel 5, step embedding 128; 63,554,434 parameters) in both. In one process, alternating contestant by
 contestant each round, it measures: batch-1 chunk latency (DDIM-10, DDPM-100), a training step at batch 64
 and 256 (forward + backward + optimizer, then + EMA), and the peak RSS growth of each. `bench/floor.py`
-measures the machine's peaks in the same run; every time is also given as a ratio to its floor. Run with
+measures the machine's peaks in the same run, before and after the contestants; every time is also given as
+a ratio to its floor, from the better of the two measurements. Run with
 .venv's python when .venv-lerobot is absent: the peer columns then show the reference numbers of
 shared/reference/peer-baselines.md, labelled as such.
 
@@ -298,6 +299,12 @@ def run(device: str, quick: bool) -> dict:
         result["profile_ddim10_fast_fp32"] = top_ops(fns["ours fast fp32"]("ddim", 10))
         result["profile_ddim10_compiled_fp32"] = top_ops(fns["ours compiled fp32"]("ddim", 10))
 
+    # The memory's bandwidth moves with the neighbours on a shared VM (30-53 GB/s within an hour here): the
+    # peaks are measured again after the contestants, and the floor takes the best of the two measurements.
+    start, end = result["floor"]["peaks"], floor.measure_peaks(device, quick)
+    result["floor"]["peaks_start"], result["floor"]["peaks_end"] = start, end
+    result["floor"]["peaks"] = {k: max(start[k], end.get(k, 0.0)) for k in start}
+    floors = result["floor"]["floors"] = floor.floors(result["floor"]["costs"], result["floor"]["peaks"])
     if not peer_live:
         result["peer_reference"] = LEROBOT_REFERENCE
     result["ratios"] = ratios(result, floors, peer_live)
@@ -436,7 +443,7 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
               "matrix-vector product, or a batch-1 GEMM: floor.json's read_gbs, matvec_fp32_gbs, gemm_m4_*_gbs). "
               "'× GEMM floor' divides by the time the chunk's weights take at the rate the fast path's GEMM "
               "(stream_linear) streams them from DRAM at the deepest layer's batch-1 shape: what is left above 1 is "
-              "everything but streaming the weights.", "",
+              "everything but streaming the weights." + _read_rates(result["floor"]), "",
               "| vs floor and peer | ms | × floor | × GEMM floor | speed-up vs peer |", "|---|---|---|---|---|"]
     for name, v in r.items():
         if name != "targets":
@@ -467,6 +474,16 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
                       "| op | self ms | calls | share |", "|---|---|---|---|"]
             lines += [f"| `{o['op']}` | {o['self_ms']} | {o['calls']} | {o['share']:.0%} |" for o in result[key]]
     return "\n".join(lines) + "\n"
+
+
+def _read_rates(floor_result: dict) -> str:
+    """The best read rates before and after the contestants, when both were measured."""
+    if "peaks_end" not in floor_result:
+        return ""
+    rates = [max(v for k, v in peaks.items() if k == "read_gbs" or k.startswith(("matvec_", "gemm_m4_")))
+             for peaks in (floor_result["peaks_start"], floor_result["peaks_end"])]
+    return (f" The best read rate was {rates[0]:.0f} GB/s before the contestants and {rates[1]:.0f} GB/s after "
+            "them; the floor takes the higher.")
 
 
 def main() -> None:
