@@ -4,10 +4,10 @@ At batch 1 a U-Net step is a chain of GEMMs with 4-16 rows: each weight is read 
 FLOPs, so the step takes as long as reading the weights. oneDNN streams them at 21-25 GB/s on the benchmark
 machine, where plain loads reach 34-36 GB/s once each core reads several independent streams. The kernel in
 `csrc/stream_linear.cpp` does that: weights packed in blocks of 16 output features, four blocks walked at once
-per core. On the paper U-Net's 36 GEMM shapes it is 1.4x (fp32) and 1.6x (bf16) faster than oneDNN's packed
+per core. On the paper U-Net's 36 GEMM shapes it is 1.45x (fp32) and 1.6x (bf16) faster than oneDNN's packed
 small-M GEMM (`bench/floor.py` measures both rates).
 
-The kernel is compiled on first use (torch.utils.cpp_extension, ~1 min, cached under ~/.cache/torch_extensions)
+The kernel is compiled on first use (torch.utils.cpp_extension, ~10 s, cached under ~/.cache/torch_extensions)
 and registered as the operator `robopolicy::stream_linear`, which torch.compile can trace. Where it cannot run
 (no AVX-512, no compiler, a GPU tensor) `supports` says so and callers keep their GEMM. Setting the
 environment variable ROBOPOLICY_STREAM_LINEAR=0 turns it off for views built afterwards (oneDNN's GEMMs then).
@@ -96,7 +96,7 @@ def pack(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"stream_linear packs {LANES} output features per block, got {out_features}")
     weight = weight.detach()
     if dtype == torch.float32:
-        return weight.float().view(out_features // LANES, LANES, in_features).transpose(1, 2).contiguous()
+        return weight.float().reshape(out_features // LANES, LANES, in_features).transpose(1, 2).contiguous()
     if dtype != torch.bfloat16:
         raise ValueError(f"stream_linear supports float32 and bfloat16 weights, got {dtype}")
     pairs = (in_features + 1) // 2

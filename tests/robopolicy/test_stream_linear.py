@@ -4,6 +4,10 @@ bf16 weights: the kernel rounds x and W to bf16 and accumulates in fp32, so the 
 of the rounded values; what remains is fp32 summation order (~1e-7 relative seen, 1e-5 allowed).
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,3 +77,25 @@ def test_unet_view_streams_every_gemm_it_can():
         convs = [res.conv1.conv.linear for level in view.down for res in level[:2]] + [view.up[0][2].even]
         assert all((conv.layout == "stream") == stream for conv in convs)
         assert head_conv.layout != "stream"  # 3 outputs: not a multiple of 16
+
+
+def test_without_a_compiler_the_view_keeps_onednn(tmp_path):
+    """A machine without a C++ compiler: the build fails, a warning says so, and the view runs oneDNN's GEMMs."""
+    script = """
+import torch
+from robopolicy.nn import stream_linear
+from robopolicy.nn.fast_unet import FastUnet1D
+from robopolicy.nn.unet1d import ConditionalUnet1D
+unet = ConditionalUnet1D(3, 10, (32, 64), kernel_size=5, n_groups=8, step_embed_dim=32).eval()
+view = FastUnet1D(unet, "fp32", horizon=8)
+x, t, cond = torch.randn(1, 8, 3), torch.tensor([5]), torch.randn(1, 10)
+with torch.no_grad():
+    err = float((view(x, t, cond) - unet(x, t, cond)).norm() / unet(x, t, cond).norm())
+print(view.down[0][0].conv1.conv.linear.layout, err < 1e-4)
+"""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop(stream_linear.SWITCH, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["onednn", "True"]
+    assert "stream_linear kernel could not be built" in done.stderr
