@@ -124,13 +124,17 @@ def _gemm_streaming_gbs(repeats: int) -> dict:
     return out
 
 
+def best_read_gbs(peaks: dict) -> float:
+    """The best rate at which anything measured here read 256 MB (a sum, a matrix-vector product, a batch-1
+    GEMM): the memory's attainable bandwidth."""
+    return max(v for key, v in peaks.items() if key == "read_gbs" or key.startswith(("matvec_", "gemm_m4_")))
+
+
 def floors(costs: dict, peaks: dict) -> dict:
     """Least time (s) per batch-1 forward, per chunk, and per training step, from costs and peaks."""
     compute, compute_bf16 = peaks["compute_fp32_gflops"] * 1e9, peaks["compute_bf16_gflops"] * 1e9
     matvec = peaks["matvec_fp32_gbs"] * 1e9
-    # The best rate at which anything measured here read 256 MB: the memory's attainable bandwidth.
-    streaming = [v for key, v in peaks.items() if key == "read_gbs" or key.startswith(("matvec_", "gemm_m4_"))]
-    read = max(streaming) * 1e9
+    read = best_read_gbs(peaks) * 1e9
     f1 = costs["forward_flops_b1"]
     out = {
         "forward_b1_fp32_s": max(f1 / compute, costs["weight_bytes_fp32"] / read),

@@ -111,7 +111,7 @@ def chunk_fns(device: str, peer) -> dict:
     if device == "cpu":  # on CUDA, 'fast' is already compiled
         fns |= {"ours compiled fp32": our_chunk(True, "fp32", compile=True),
                 "ours compiled bf16": our_chunk(True, "bf16", compile=True)}
-        if stream_linear.supports(torch.empty(16, 1), torch.float32):  # the kernel's gain, side by side
+        if stream_linear.available(torch.float32):  # the kernel's gain, side by side
             fns |= {"ours compiled fp32, oneDNN GEMMs": our_chunk(True, "fp32", compile=True, stream=False),
                     "ours compiled bf16, oneDNN GEMMs": our_chunk(True, "bf16", compile=True, stream=False)}
     if peer is not None:
@@ -480,8 +480,7 @@ def _read_rates(floor_result: dict) -> str:
     """The best read rates before and after the contestants, when both were measured."""
     if "peaks_end" not in floor_result:
         return ""
-    rates = [max(v for k, v in peaks.items() if k == "read_gbs" or k.startswith(("matvec_", "gemm_m4_")))
-             for peaks in (floor_result["peaks_start"], floor_result["peaks_end"])]
+    rates = [floor.best_read_gbs(floor_result[key]) for key in ("peaks_start", "peaks_end")]
     return (f" The best read rate was {rates[0]:.0f} GB/s before the contestants and {rates[1]:.0f} GB/s after "
             "them; the floor takes the higher.")
 

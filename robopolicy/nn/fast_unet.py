@@ -309,8 +309,8 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
 def compile_step(view: FastUnet1D) -> Callable[[torch.Tensor, Conditioning, int], torch.Tensor]:
     """`view.step`, compiled by inductor with the weights frozen in; same call signature.
 
-    On CPU, max-autotune times each GEMM shape once (the first call takes one to two minutes; later processes
-    reuse inductor's on-disk cache). On CUDA, the step is captured as a CUDA graph. Needs a C++ compiler on CPU
+    On CPU, max-autotune times each GEMM shape that `stream_linear` does not run once (the first call takes 20 s,
+    up to two minutes without the kernel; later processes reuse inductor's on-disk cache). On CUDA, the step is captured as a CUDA graph. Needs a C++ compiler on CPU
     and an unpacked view (`pack=False`): inductor packs the frozen weights itself.
     """
     if view.packed:

@@ -9,7 +9,7 @@ small-M GEMM (`bench/floor.py` measures both rates).
 
 The kernel is compiled on first use (torch.utils.cpp_extension, ~10 s, cached under ~/.cache/torch_extensions)
 and registered as the operator `robopolicy::stream_linear`, which torch.compile can trace. Where it cannot run
-(no AVX-512, no compiler, a GPU tensor) `supports` says so and callers keep their GEMM. Setting the
+(no AVX-512, no compiler, a GPU tensor) `available` and `supports` say so and callers keep their GEMM. Setting the
 environment variable ROBOPOLICY_STREAM_LINEAR=0 turns it off for views built afterwards (oneDNN's GEMMs then).
 
     packed = pack(weight, torch.bfloat16)        # weight (N, K) -> blocked layout
@@ -82,11 +82,14 @@ def _output_like(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return input.new_empty((*input.shape[:-1], weight.shape[0] * LANES), dtype=torch.float32)
 
 
+def available(dtype: torch.dtype) -> bool:
+    """Whether the kernel runs here for `dtype` weights and is switched on (builds it on the first call)."""
+    return os.environ.get(SWITCH, "1") != "0" and dtype in _built_dtypes()
+
+
 def supports(weight: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether `linear` can run a weight (N, K) in `dtype` here (builds the kernel on the first call)."""
-    if os.environ.get(SWITCH, "1") == "0":
-        return False
-    return weight.device.type == "cpu" and weight.shape[0] % LANES == 0 and dtype in _built_dtypes()
+    """Whether `linear` can run a weight (N, K) in `dtype` here."""
+    return weight.device.type == "cpu" and weight.shape[0] % LANES == 0 and available(dtype)
 
 
 def pack(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -101,7 +101,7 @@ class DiffusionPolicy(Policy):
             keeps oneDNN's).
         precision: "fp32", or "bf16" weights with fp32 accumulation (fast path only; ~1e-2 relative on ε).
         compile: inductor-compile the fast step with the weights frozen in (`fast_unet.compile_step`): on CPU
-            with per-shape GEMM autotuning (first call 1-2 min), on CUDA as a CUDA graph (untested on GPUs).
+            with per-shape GEMM autotuning (first call 20 s to 2 min), on CUDA as a CUDA graph (untested on GPUs).
 
         The view holds its own (packed) copy of the weights and is rebuilt when they change: in place through
         autograd-visible ops (optimizer steps, load_state_dict), by reallocation (.to), or through `.data` as

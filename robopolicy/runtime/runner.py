@@ -54,7 +54,7 @@ class PolicyRunner:
 
         `fast`/`precision`/`compile` choose how diffusion-family policies run their U-Net
         (`DiffusionPolicy.set_inference`: the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the
-        weight bytes; `compile` has inductor compile the step, which makes the first chunk take 1-2 min);
+        weight bytes; `compile` has inductor compile the step, which makes the first chunk take 20 s to 2 min);
         other policies accept only the defaults.
         """
         policy, normalizer, meta = load_policy(path, device)

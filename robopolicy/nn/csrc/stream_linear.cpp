@@ -23,54 +23,21 @@ namespace {
 constexpr int kLanes = 16;  // output features per block: one zmm of fp32
 constexpr int kBlocks = 4;  // blocks walked together per core: independent memory streams
 
-// acc[b][m] += sum over k of W[block j+b][k] * x[m][k], for MR rows from m0 and NB blocks from j.
-template <int MR, int NB>
-inline void fp32_tile(const float* x, int64_t K, const float* w, float* y, int64_t N, int64_t j, int64_t m0,
-                      const float* bias) {
-  __m512 acc[NB][MR];
-  for (int b = 0; b < NB; ++b)
-    for (int m = 0; m < MR; ++m) acc[b][m] = _mm512_setzero_ps();
-  const float* stream[NB];
-  for (int b = 0; b < NB; ++b) stream[b] = w + (j + b) * K * kLanes;
-  const float* rows = x + m0 * K;
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 wv[NB];
-    for (int b = 0; b < NB; ++b) wv[b] = _mm512_loadu_ps(stream[b] + k * kLanes);
-    for (int m = 0; m < MR; ++m) {
-      const __m512 xv = _mm512_set1_ps(rows[m * K + k]);
-      for (int b = 0; b < NB; ++b) acc[b][m] = _mm512_fmadd_ps(wv[b], xv, acc[b][m]);
-    }
-  }
-  for (int b = 0; b < NB; ++b) {
-    const __m512 bv = bias ? _mm512_loadu_ps(bias + (j + b) * kLanes) : _mm512_setzero_ps();
-    for (int m = 0; m < MR; ++m) _mm512_storeu_ps(y + (m0 + m) * N + (j + b) * kLanes, _mm512_add_ps(acc[b][m], bv));
-  }
-}
+// How one K step reads and multiplies, per weight format. Both hold one zmm of weights per K step of a block.
+struct Fp32 {  // a K step is one k: 16 floats, times one broadcast float of x
+  using Word = float;
+  static __m512 load(const float* w) { return _mm512_loadu_ps(w); }
+  static __m512 broadcast(float x) { return _mm512_set1_ps(x); }
+  static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+};
 
 #ifdef __AVX512BF16__
-// Same tile over bf16 pairs: x and w hold (k, k+1) pairs as 32-bit words, K2 = K/2 pairs.
-template <int MR, int NB>
-inline void bf16_tile(const uint32_t* x, int64_t K2, const uint32_t* w, float* y, int64_t N, int64_t j, int64_t m0,
-                      const float* bias) {
-  __m512 acc[NB][MR];
-  for (int b = 0; b < NB; ++b)
-    for (int m = 0; m < MR; ++m) acc[b][m] = _mm512_setzero_ps();
-  const uint32_t* stream[NB];
-  for (int b = 0; b < NB; ++b) stream[b] = w + (j + b) * K2 * kLanes;
-  const uint32_t* rows = x + m0 * K2;
-  for (int64_t k = 0; k < K2; ++k) {
-    __m512i wv[NB];
-    for (int b = 0; b < NB; ++b) wv[b] = _mm512_loadu_si512(stream[b] + k * kLanes);
-    for (int m = 0; m < MR; ++m) {
-      const __m512i xv = _mm512_set1_epi32(static_cast<int>(rows[m * K2 + k]));
-      for (int b = 0; b < NB; ++b) acc[b][m] = _mm512_dpbf16_ps(acc[b][m], (__m512bh)wv[b], (__m512bh)xv);
-    }
-  }
-  for (int b = 0; b < NB; ++b) {
-    const __m512 bv = bias ? _mm512_loadu_ps(bias + (j + b) * kLanes) : _mm512_setzero_ps();
-    for (int m = 0; m < MR; ++m) _mm512_storeu_ps(y + (m0 + m) * N + (j + b) * kLanes, _mm512_add_ps(acc[b][m], bv));
-  }
-}
+struct Bf16 {  // a K step is a pair (k, k+1): 16 bf16 pairs as 32-bit words, times one broadcast pair of x
+  using Word = uint32_t;
+  static __m512 load(const uint32_t* w) { return _mm512_castsi512_ps(_mm512_loadu_si512(w)); }
+  static __m512 broadcast(uint32_t x) { return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(x))); }
+  static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
+};
 
 // x (M, K) fp32 -> (M, 2*K2) bf16, rounded to nearest even, zero in the padding column.
 void to_bf16_pairs(const float* x, int64_t M, int64_t K, int64_t K2, uint16_t* out) {
@@ -88,22 +55,52 @@ void to_bf16_pairs(const float* x, int64_t M, int64_t K, int64_t K2, uint16_t* o
 }
 #endif
 
-// Every row of x against blocks [j, j + NB): rows in tiles of 4, then 2, then 1.
-template <int NB, typename Tile>
-inline void all_rows(int64_t M, Tile&& tile) {
-  int64_t m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4) tile(std::integral_constant<int, 4>{}, m0);
-  for (; m0 + 2 <= M; m0 += 2) tile(std::integral_constant<int, 2>{}, m0);
-  for (; m0 < M; ++m0) tile(std::integral_constant<int, 1>{}, m0);
+// y[m][block j+b] = sum over the S K steps of W[block j+b][s] * x[m][s] (+ bias), for MR rows from m0 and NB
+// blocks from j: NB weight streams, MR * NB accumulators.
+template <typename Format, int MR, int NB>
+inline void tile(const typename Format::Word* x, int64_t S, const typename Format::Word* w, float* y, int64_t N,
+                 int64_t j, int64_t m0, const float* bias) {
+  __m512 acc[NB][MR];
+  for (int b = 0; b < NB; ++b)
+    for (int m = 0; m < MR; ++m) acc[b][m] = _mm512_setzero_ps();
+  const typename Format::Word* stream[NB];
+  for (int b = 0; b < NB; ++b) stream[b] = w + (j + b) * S * kLanes;
+  const typename Format::Word* rows = x + m0 * S;
+  for (int64_t s = 0; s < S; ++s) {
+    __m512 wv[NB];
+    for (int b = 0; b < NB; ++b) wv[b] = Format::load(stream[b] + s * kLanes);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xv = Format::broadcast(rows[m * S + s]);
+      for (int b = 0; b < NB; ++b) acc[b][m] = Format::madd(acc[b][m], wv[b], xv);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const __m512 bv = bias ? _mm512_loadu_ps(bias + (j + b) * kLanes) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) _mm512_storeu_ps(y + (m0 + m) * N + (j + b) * kLanes, _mm512_add_ps(acc[b][m], bv));
+  }
 }
 
-// Splits the N/16 blocks between the cores; each walks its share kBlocks at a time.
-template <typename Tile>
-void over_blocks(int64_t blocks, Tile&& tile) {
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+// Every row of x: in tiles of 4, then 2, then 1.
+template <typename RowTile>
+inline void all_rows(int64_t M, RowTile&& row_tile) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) row_tile(std::integral_constant<int, 4>{}, m0);
+  for (; m0 + 2 <= M; m0 += 2) row_tile(std::integral_constant<int, 2>{}, m0);
+  for (; m0 < M; ++m0) row_tile(std::integral_constant<int, 1>{}, m0);
+}
+
+// y (M, N) = x (M, S steps) against the packed weight: the N/16 blocks split between the cores, each core
+// walking its share kBlocks at a time.
+template <typename Format>
+void multiply(const typename Format::Word* x, int64_t M, int64_t S, const typename Format::Word* w, float* y,
+              int64_t N, const float* bias) {
+  at::parallel_for(0, N / kLanes, 1, [&](int64_t begin, int64_t end) {
+    auto blocks = [&](auto NB, int64_t j) {
+      all_rows(M, [&](auto MR, int64_t m0) { tile<Format, MR.value, NB.value>(x, S, w, y, N, j, m0, bias); });
+    };
     int64_t j = begin;
-    for (; j + kBlocks <= end; j += kBlocks) tile(std::integral_constant<int, kBlocks>{}, j);
-    for (; j < end; ++j) tile(std::integral_constant<int, 1>{}, j);
+    for (; j + kBlocks <= end; j += kBlocks) blocks(std::integral_constant<int, kBlocks>{}, j);
+    for (; j < end; ++j) blocks(std::integral_constant<int, 1>{}, j);
   });
 }
 
@@ -132,25 +129,14 @@ at::Tensor stream_linear(const at::Tensor& input, const at::Tensor& weight, cons
   float* out = y.data_ptr<float>();
 
   if (!bf16) {
-    const float* xs = x.data_ptr<float>();
-    const float* w = weight.data_ptr<float>();
-    over_blocks(N / kLanes, [&](auto NB, int64_t j) {
-      all_rows<NB.value>(M, [&](auto MR, int64_t m0) {
-        fp32_tile<MR.value, NB.value>(xs, K, w, out, N, j, m0, bias_data);
-      });
-    });
+    multiply<Fp32>(x.data_ptr<float>(), M, K, weight.data_ptr<float>(), out, N, bias_data);
     return y.view(out_shape);
   }
 #ifdef __AVX512BF16__
   at::Tensor pairs = at::empty({M, 2 * K2}, input.options().dtype(at::kBFloat16));
   to_bf16_pairs(x.data_ptr<float>(), M, K, K2, reinterpret_cast<uint16_t*>(pairs.data_ptr<at::BFloat16>()));
-  const uint32_t* xs = reinterpret_cast<const uint32_t*>(pairs.data_ptr<at::BFloat16>());
-  const uint32_t* w = reinterpret_cast<const uint32_t*>(weight.data_ptr<at::BFloat16>());
-  over_blocks(N / kLanes, [&](auto NB, int64_t j) {
-    all_rows<NB.value>(M, [&](auto MR, int64_t m0) {
-      bf16_tile<MR.value, NB.value>(xs, K2, w, out, N, j, m0, bias_data);
-    });
-  });
+  multiply<Bf16>(reinterpret_cast<const uint32_t*>(pairs.data_ptr<at::BFloat16>()), M, K2,
+                 reinterpret_cast<const uint32_t*>(weight.data_ptr<at::BFloat16>()), out, N, bias_data);
   return y.view(out_shape);
 #else
   TORCH_CHECK(false, "stream_linear: bf16 weights need a CPU with AVX512_BF16");
