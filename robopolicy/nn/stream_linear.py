@@ -17,34 +17,20 @@ environment variable ROBOPOLICY_STREAM_LINEAR=0 turns it off for views built aft
 """
 
 import functools
-import hashlib
 import os
-import sys
-import warnings
-from pathlib import Path
 
 import torch
 
+from robopolicy.nn import native
+
 LANES = 16  # output features per packed block: one AVX-512 register of fp32
-SOURCE = Path(__file__).with_name("csrc") / "stream_linear.cpp"
 SWITCH = "ROBOPOLICY_STREAM_LINEAR"  # "0": don't use the kernel
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 @functools.cache
 def _built_dtypes() -> frozenset[torch.dtype]:
     """Builds and loads the kernel once per process; the dtypes it was built for (empty if it cannot run)."""
-    flags = _cpu_flags()
+    flags = native.cpu_flags()
     if "avx512f" not in flags or "avx512bw" not in flags:
         return frozenset()
     dtypes = {torch.float32}
@@ -52,29 +38,12 @@ def _built_dtypes() -> frozenset[torch.dtype]:
     if "avx512_bf16" in flags:
         dtypes.add(torch.bfloat16)
         cflags.append("-mavx512bf16")
-    try:
-        from torch.utils.cpp_extension import load
-
-        # The library registers `robopolicy::stream_linear` with the dispatcher when it is loaded.
-        name = "robopolicy_stream_linear" + ("_bf16" if torch.bfloat16 in dtypes else "")
-        load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-             is_python_module=False, build_directory=str(_build_directory(name)))
-    except Exception as error:  # no compiler, no ninja, a read-only cache: keep the caller's GEMM
-        warnings.warn(f"robopolicy's stream_linear kernel could not be built, using the default GEMM: {error}",
-                      RuntimeWarning, stacklevel=3)
+    # The library registers `robopolicy::stream_linear` with the dispatcher when it is loaded.
+    name = "robopolicy_stream_linear" + ("_bf16" if torch.bfloat16 in dtypes else "")
+    if not native.load(name, "stream_linear.cpp", cflags):
         return frozenset()
     torch.library.register_fake("robopolicy::stream_linear")(_output_like)
     return frozenset(dtypes)
-
-
-def _build_directory(name: str) -> Path:
-    """One build per environment: its include paths (and torch) differ, and a shared directory would rebuild at
-    every switch between virtual environments."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    environment = hashlib.sha1(f"{sys.prefix} {torch.__version__}".encode()).hexdigest()[:10]
-    path = root / f"{name}-{environment}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _output_like(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

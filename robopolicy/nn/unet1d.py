@@ -13,6 +13,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from robopolicy.nn.embeddings import timestep_mlp
+from robopolicy.nn.group_norm_mish import group_norm_mish
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,12 +121,20 @@ class Conv1d(nn.Conv1d):
 
 
 class Conv1dBlock(nn.Sequential):
+    """conv -> GroupNorm -> Mish, and FiLM (`* scale + shift`) when given; the last three run as one CPU kernel."""
+
     def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int = 8):
         super().__init__(
             Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, c_out),
             nn.Mish(),
         )
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C_in, L), scale and shift (B, C_out) -> (B, C_out, L)."""
+        conv, norm, _ = self
+        return group_norm_mish(conv(x), norm, scale, shift)
 
 
 class FiLMResidualBlock(nn.Module):
@@ -140,9 +149,8 @@ class FiLMResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, H), cond: (B, cond_dim) -> (B, C_out, H)."""
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
-        h = self.conv1(x) * scale + bias
-        return self.conv2(h) + self.skip(x)
+        scale, bias = self.film(cond).chunk(2, dim=1)
+        return self.conv2(self.conv1(x, scale, bias)) + self.skip(x)
 
 
 class ConditionalUnet1D(nn.Module):

@@ -145,7 +145,7 @@ at::Tensor stream_linear(const at::Tensor& input, const at::Tensor& weight, cons
 
 }  // namespace
 
-TORCH_LIBRARY(robopolicy, m) {
+TORCH_LIBRARY_FRAGMENT(robopolicy, m) {
   m.def("stream_linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
 }
 
