@@ -433,8 +433,9 @@ def markdown(result: dict, plot_rel: str, train_plot_rel: str) -> str:
     for key in ("b64", "b256"):
         lines.append(f"| batch {key[1:]} | " + " | ".join(f"{v:.0f}" for v in train[key].values())
                      + f" | {f[f'train_step_{key}_fp32_s'] * 1e3:.0f} / {f[f'train_step_{key}_bf16_s'] * 1e3:.0f} |")
-    lines += ["", "Ours trains with fused AdamW and our conv1d (weight gradient as a forward conv or a GEMM where "
-              "that is faster, `weight_grad_form`); LeRobot with its own Adam preset and gradient clipping at 10 "
+    lines += ["", "Ours trains with fused AdamW, our conv1d (weight gradient as a forward conv or a GEMM where "
+              "that is faster, `weight_grad_form`) and one kernel for GroupNorm, Mish and FiLM forward and "
+              "backward (`group_norm_mish`); LeRobot with its own Adam preset and gradient clipping at 10 "
               "(what its training script runs). 'oneDNN conv backward' is ours with the stock backward. 'bf16' is "
               "mixed precision for both: the forward under bfloat16 autocast, the backward outside it, weights and "
               "optimizer in fp32 (ours: `train --mixed-precision bf16`; LeRobot: "
