@@ -8,9 +8,9 @@ starts run over ``[-pad_before, L - H + pad_after]`` for an episode of length ``
 Two ways out: ``sample`` returns numpy windows (images ``uint8``), and ``batch`` is the training fast path,
 model-ready torch tensors. ``batch`` gathers whole batches from the contiguous in-memory arrays with one
 ``index_select`` per key (the window table is precomputed, so no Python runs per sample), keeps images
-``uint8`` through the gather (a quarter of the bytes), and normalises each key in one fused torch op that
-also turns ``uint8`` into ``float32``, on the target device. Output buffers are reused on request, because
-first-touching fresh pages for every batch costs more than the conversion itself (``bench/data_path.py``).
+``uint8`` through the gather (a quarter of the bytes), then casts them into their ``float32`` destination
+and normalises each key in place, on the target device. Output buffers are reused on request: the trainer
+keeps two sets rather than touching fresh pages for every batch (``bench/data_path.py`` times both).
 """
 
 from __future__ import annotations
