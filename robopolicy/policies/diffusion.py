@@ -4,7 +4,6 @@ Training: x_0 is the normalised action chunk (B, H, A); t ~ U{0..T-1}; x_t = √
 loss = ‖ε - ε_θ(x_t, t, obs)‖². Sampling runs DDPM or DDIM (diffusers) from Gaussian noise.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,9 +11,8 @@ import torch.nn.functional as F
 
 from robopolicy.generative.diffusion import (SAMPLERS, ReverseProcess, make_scheduler, reverse_process, sample,
                                           sample_steps)
-from robopolicy.nn.fast_unet import PRECISIONS, FastUnet1D, compile_step
-from robopolicy.nn.unet1d import ConditionalUnet1D
-from robopolicy.policies.backbone import BackboneConfig, backbone_optim_groups, build_backbone, encode_obs
+from robopolicy.policies.backbone import (BackboneConfig, FastUnetInference, backbone_optim_groups, build_backbone,
+                                          encode_obs)
 from robopolicy.policies.base import Policy
 
 
@@ -70,11 +68,7 @@ PRESETS = {
 }
 
 
-def _same_weights(a: tuple, b: tuple) -> bool:
-    return a[:2] == b[:2] and torch.equal(a[2], b[2])
-
-
-class DiffusionPolicy(Policy):
+class DiffusionPolicy(FastUnetInference, Policy):
     name = "diffusion"
     config_class = DiffusionConfig
     presets = PRESETS
@@ -89,58 +83,7 @@ class DiffusionPolicy(Policy):
         self.obs_encoder, self.denoiser = build_backbone(c, cond_feature_dim)
         self.noise_scheduler = make_scheduler("ddpm", c.num_train_timesteps, c.beta_schedule, c.clip_sample)
         self._samplers, self._processes = {}, {}
-        self._fast_views = {}  # (precision, compile) -> (weights key, view, step)
-        self.set_inference()
-
-    def set_inference(self, fast: bool = True, precision: str = "fp32", compile: bool = False) -> "DiffusionPolicy":
-        """How `predict_chunk` runs the U-Net (the weights, the checkpoint and `denoise` stay the same).
-
-        fast: the inference view `FastUnet1D` (conv as packed GEMMs, FiLM precomputed per chunk, schedule
-            coefficients precomputed); equal to the eager module to ~1e-5 relative in fp32. On CPUs with AVX-512
-            its GEMMs run robopolicy's `stream_linear` kernel (built on first use; ROBOPOLICY_STREAM_LINEAR=0
-            keeps oneDNN's).
-        precision: "fp32", or "bf16" weights with fp32 accumulation (fast path only; ~1e-2 relative on ε).
-        compile: inductor-compile the fast step with the weights frozen in (`fast_unet.compile_step`): on CPU
-            with per-shape GEMM autotuning (first call 20 s to 2 min), on CUDA as a CUDA graph (untested on GPUs).
-
-        The view holds its own (packed) copy of the weights and is rebuilt when they change: in place through
-        autograd-visible ops (optimizer steps, load_state_dict), by reallocation (.to), or through `.data` as
-        far as a sample of every tensor shows (EMA's copy_to). After editing a few weights by hand through
-        `.data`, call set_inference() again: it drops the cached views.
-        """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
-        if precision != "fp32" and not fast:
-            raise ValueError(f"precision='{precision}' needs fast=True (the eager module runs in fp32)")
-        self.fast_inference, self.inference_precision, self.inference_compile = fast, precision, compile
-        self._fast_views.clear()
-        return self
-
-    def __getstate__(self) -> dict:
-        # The packed views hold oneDNN tensors that can be neither copied nor pickled; a copy builds its own.
-        state = self.__dict__.copy()
-        state["_fast_views"] = {}
-        return state
-
-    def _fast_view(self) -> tuple[FastUnet1D, Callable] | None:
-        """(view, its step function), cached and rebuilt whenever the U-Net's weights changed (training, EMA,
-        loading); None when predict_chunk runs the eager module (option off, transformer, `denoise` overridden)."""
-        if not (self.fast_inference and isinstance(self.denoiser, ConditionalUnet1D)
-                and type(self).denoise is DiffusionPolicy.denoise):
-            return None
-        params = list(self.denoiser.parameters())
-        with torch.no_grad():  # 16 values per tensor: sees writes that bypass the version counter (.data)
-            sample = torch.cat([p.reshape(-1)[:: max(1, p.numel() // 16)] for p in params])
-        weights = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), sample)
-        if any(not _same_weights(entry[0], weights) for entry in self._fast_views.values()):
-            self._fast_views.clear()  # stale copies of old weights: free them
-        option = (self.inference_precision, self.inference_compile)
-        if option not in self._fast_views:
-            view = FastUnet1D(self.denoiser, self.inference_precision, horizon=self.config.horizon,
-                              pack=not self.inference_compile)
-            step = compile_step(view) if self.inference_compile else view.step
-            self._fast_views[option] = (weights, view, step)
-        return self._fast_views[option][1:]
+        self._init_fast_inference()
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised observations (B, >=To, ...) -> condition: (B, To*D) for the U-Net, (B, To, D) for the transformer."""
@@ -149,6 +92,8 @@ class DiffusionPolicy(Policy):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, t | cond): x_t (B, H, A), t (B,) or (1,) integer steps -> ε (B, H, A)."""
         return self.denoiser(x_t, t, cond)
+
+    fast_view_matches_denoise = True  # the U-Net's own time input is the DDPM step
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": self.epsilon_loss(batch["action"], self.encode_obs(batch))}

@@ -31,7 +31,8 @@ from robopolicy.generative.flow import (
     target_velocity,
 )
 from robopolicy.nn.embeddings import SinusoidalEmbedding
-from robopolicy.policies.backbone import BackboneConfig, backbone_optim_groups, build_backbone, encode_obs
+from robopolicy.policies.backbone import (BackboneConfig, FastUnetInference, backbone_optim_groups, build_backbone,
+                                          encode_obs)
 from robopolicy.policies.base import Policy
 from robopolicy.policies.diffusion import PRESETS as DIFFUSION_PRESETS
 
@@ -103,7 +104,7 @@ class SigmaHead(nn.Module):
         return self.mlp(features).squeeze(-1)
 
 
-class FlowPolicy(Policy):
+class FlowPolicy(FastUnetInference, Policy):
     name = "flow"
     config_class = FlowConfig
     presets = PRESETS
@@ -122,6 +123,7 @@ class FlowPolicy(Policy):
         # Per-sample NFE of the last batch, and the running mean over adaptive chunks (their NFE varies).
         self.last_nfe: torch.Tensor | None = None
         self._nfe_total, self._chunks = 0.0, 0
+        self._init_fast_inference()
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised obs (B, >=To, ...) -> condition (B, To*D) (U-Net) or (B, To, D) (transformer)."""
@@ -130,6 +132,8 @@ class FlowPolicy(Policy):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v_θ(x_t, t | cond): x_t (B, H, A), flow time t (B,) or (1,) in [0, 1] -> velocity (B, H, A)."""
         return self.denoiser(x_t, t * self.config.time_scale, cond)
+
+    fast_view_matches_denoise = True  # the view takes the network's time, t * time_scale (`_fast_euler`)
 
     def log_sigma(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """AdaFlow's log σ(x_t, t | cond) (B,); σ² estimates ‖u - v_θ(x_t, t)‖² summed over the chunk."""
@@ -183,7 +187,9 @@ class FlowPolicy(Policy):
                                     inpaint.weights, inpaint.max_guidance)
             self.last_nfe = torch.full((batch,), c.num_inference_steps, dtype=torch.long, device=noise.device)
         elif c.sampler == "euler":
-            x = euler_sample(velocity, noise, c.num_inference_steps)
+            fast = self._fast_view()
+            x = (euler_sample(velocity, noise, c.num_inference_steps) if fast is None
+                 else self._fast_euler(*fast, cond, noise, c.num_inference_steps))
             self.last_nfe = torch.full((batch,), c.num_inference_steps, dtype=torch.long, device=noise.device)
         else:
             x, self.last_nfe = adaptive_sample(velocity, lambda x, t: self.log_sigma(x, t, cond).exp(), noise,
@@ -192,6 +198,16 @@ class FlowPolicy(Policy):
             self._nfe_total += self.last_nfe.float().mean().item()
             self._chunks += 1
         return x.clamp(-1, 1)
+
+    def _fast_euler(self, view, step, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        """`euler_sample` through the U-Net's inference view: the same time grid, every step's FiLM computed
+        once per chunk (the grid's share once per step count). cond (B, D), noise (B, H, A) -> x_1 (B, H, A)."""
+        times = torch.arange(steps, device=noise.device, dtype=noise.dtype) / steps
+        conditioning = view.condition(times * self.config.time_scale, cond)
+        x, dt = noise, 1.0 / steps
+        for i in range(steps):
+            x = x + dt * step(x, conditioning, i)
+        return x
 
     @property
     def sampler_name(self) -> str:

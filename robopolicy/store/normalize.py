@@ -127,7 +127,6 @@ class Normalizer:
         scale, offset = self._affine(key, x, dtype)
         if not x.is_floating_point():
             x = x.to(dtype) if out is None else out.copy_(x)
-            out = x
         p = self._params[key]
         if p["scale"].ndim == 0:  # one scale for all entries (images): offset + scale·x, scale a Python float
             return torch.add(offset, x, alpha=float(p["scale"]), out=out)

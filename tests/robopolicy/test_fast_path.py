@@ -97,6 +97,42 @@ def test_policy_fast_chunk_matches_eager(sampler, steps):
     assert 0 < (bf16 - eager).abs().max() < 0.1
 
 
+def small_flow(**overrides):
+    config = build_config("flow", "cpu", {"state": [5]}, 3, down_dims=(32, 64, 128), step_embed_dim=32,
+                          **overrides)
+    torch.manual_seed(0)
+    return trained_like(get_policy_class("flow")(config)).eval()
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_flow_euler_fast_chunk_matches_eager(steps):
+    policy = small_flow(num_inference_steps=steps)
+    obs, noise = {"state": torch.randn(2, 2, 5)}, torch.randn(2, 16, 3)
+    eager = policy.set_inference(fast=False).predict_chunk(obs, noise=noise)
+    fast = policy.set_inference().predict_chunk(obs, noise=noise)
+    assert policy._fast_view() is not None and rel(fast, eager) < 1e-4
+    bf16 = policy.set_inference(precision="bf16").predict_chunk(obs, noise=noise)
+    assert 0 < (bf16 - eager).abs().max() < 0.1
+
+
+def test_a_subclass_with_its_own_denoise_runs_eager():
+    """The view reproduces the declared `denoise`; an override that changes the output must be what runs."""
+    flow_class = get_policy_class("flow")
+
+    class Shifted(flow_class):
+        name, config_class = "flow-shifted", flow_class.config_class
+
+        def denoise(self, x_t, t, cond):
+            return super().denoise(x_t, t, cond) + 1.0
+
+    policy = Shifted(small_flow().config).eval()
+    obs, noise = {"state": torch.randn(1, 2, 5)}, torch.zeros(1, 16, 3)
+    assert policy.set_inference()._fast_view() is None
+    plain = flow_class(policy.config).eval()
+    plain.load_state_dict(policy.state_dict())
+    assert rel(policy.predict_chunk(obs, noise=noise), plain.predict_chunk(obs, noise=noise)) > 0.01
+
+
 def test_fast_view_follows_weight_changes():
     """Optimizer steps and EMA-style `.data` copies both reach the fast path: it never serves stale weights."""
     policy = small_policy(num_inference_steps=5)
