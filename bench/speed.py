@@ -170,14 +170,14 @@ def accuracy(policy, device: str) -> dict:
 
 def train_fns(device: str, policy, peer, batch_size: int) -> dict:
     """Contestant -> function running one training step (fwd + bwd + optimizer; '+ EMA' adds our EMA update)."""
-    from diffusers.training_utils import EMAModel
+    from robopolicy.train.ema import EMA
 
     obs = torch.randn(batch_size, TO, OBS_DIM, device=device)
     action = torch.rand(batch_size, H, ACTION_DIM, device=device) * 2 - 1
     batch = {"state": obs, "action": action}
     fused = dict(fused=True) if device == "cpu" else dict(foreach=True)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, **fused)
-    ema = EMAModel(policy.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75, foreach=True)
+    ema = EMA(policy.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75)
 
     def our_step(fast_weight_grad: bool, with_ema: bool = False, bf16: bool = False):
         def run():

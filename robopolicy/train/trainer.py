@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from robopolicy.nn.obs_encoder import is_image_key
 from robopolicy.policies import build_config, get_policy_class, preset_train_overrides
 from robopolicy.store import DemoStore, Normalizer, StoreError, WindowSampler, split_episodes
 from robopolicy.train.checkpoint import (CheckpointError, load_training_state, read_config, save_checkpoint)
+from robopolicy.train.ema import EMA
 
 
 # Autocast dtypes. fp16 is left out: it needs loss scaling, and bf16 runs wherever fp16 would pay.
@@ -155,8 +155,8 @@ def train(store_path: str, out_dir: str, policy_name: str = "diffusion", preset:
         # The optimiser's restored param groups already carry this step's LR; the schedule continues from it.
         lr_schedule.load_state_dict({**lr_schedule.state_dict(), "last_epoch": state["step"],
                                      "_step_count": state["step"] + 1})
-    ema = EMAModel(policy.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
-                   power=config.ema_power, foreach=True) if config.use_ema else None
+    ema = EMA(policy.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+              power=config.ema_power) if config.use_ema else None
     if ema is not None and ema_weights is not None:
         names = [n for n, _ in policy.named_parameters()]
         ema.shadow_params = [ema_weights[n].clone() for n in names]

@@ -264,3 +264,30 @@ def test_two_process_ddp_training_on_cpu(reach_store, tmp_path):
     assert config["provenance"]["processes"] == 2 and config["step"] == 4
     checksums = config["provenance"]["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # gradients were all-reduced
+
+
+def test_ema_step_matches_diffusers_emamodel():
+    """Our in-place EMA step against diffusers' EMAModel, through its warm-up decay schedule; frozen weights
+    are copied, as EMAModel does."""
+    from diffusers.training_utils import EMAModel
+
+    from robopolicy.train.ema import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    net[1].bias.requires_grad_(False)
+    ours = EMA(net.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    theirs = EMAModel(net.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ours.step(net.parameters())
+        theirs.step(net.parameters())
+        for a, b in zip(ours.shadow_params, theirs.shadow_params):
+            assert torch.allclose(a, b, atol=1e-6)
+    assert ours.cur_decay_value == theirs.cur_decay_value and 0 < ours.cur_decay_value < 0.9999
+    assert torch.equal(ours.shadow_params[-1], net[1].bias)  # frozen: copied
+    assert not torch.allclose(ours.shadow_params[0], net[0].weight)  # trained: averaged
+    with pytest.raises(ValueError, match="tracks 4 tensors"):
+        ours.step(list(net.parameters())[:2])
