@@ -6,10 +6,10 @@ backward, and aten's GroupNorm backward is slow on the U-Net's short sequences (
 256 that was about 11% of the paper U-Net's step; the kernel in `csrc/group_norm_mish.cpp` reads each group
 once and recomputes the normalised values and Mish in the backward rather than saving them.
 
-It is compiled on first use (torch.utils.cpp_extension, -march=native, ~15 s, cached) and registered as
+It is compiled on first use (torch.utils.cpp_extension, -march=native, ~10 s, cached) and registered as
 `robopolicy::group_norm_mish`, with autograd and a fake implementation for torch.compile. Where it cannot run
-(a GPU tensor, no compiler) and on small tensors `group_norm_mish` computes the same thing with PyTorch ops. Setting the environment
-variable ROBOPOLICY_GROUP_NORM_MISH=0 turns the kernel off.
+(a GPU tensor, no compiler), on small tensors and while exporting, `group_norm_mish` computes the same thing
+with PyTorch ops. Setting the environment variable ROBOPOLICY_GROUP_NORM_MISH=0 turns the kernel off.
 
     y = group_norm_mish(h, norm)                    # h (B, C, L) -> mish(norm(h))
     y = group_norm_mish(h, norm, scale, shift)      # ... * scale[..., None] + shift[..., None]; scale (B, C)
