@@ -6,8 +6,9 @@ Batch-1 latency of one DDIM action chunk against the horizon H, the action dimen
 96×96 cameras (each through its own ResNet-18 encoder) and the number of denoising steps; training
 throughput against the batch size, in fp32 and bf16 mixed precision; and 2-process DDP on the CPU
 (torchrun, gloo, one thread each) against one process with the same two cores. One sweep varies one knob;
-the others stay at the preset (H=16, A=4, Meta-World's 39-d state, no camera, DDIM-10, batch 256). Medians after warm-up. Prints tables, writes
-JSON (machine, load average), plots to bench/results/plots/scaling_*.png and a markdown section.
+the others stay at the preset (H=16, A=4, Meta-World's 39-d state, no camera, DDIM-10, batch 256). Medians
+after warm-up. Prints tables, writes JSON (machine, load average), plots to bench/results/plots/scaling_*.png
+and a markdown section.
 """
 
 import argparse

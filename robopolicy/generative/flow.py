@@ -51,21 +51,30 @@ def sample_time(batch: int, distribution: str = "uniform", device: torch.device 
     raise ValueError(f"unknown time distribution '{distribution}'; choose one of {TIME_DISTRIBUTIONS}")
 
 
-@torch.no_grad()
-def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrates from x_0 = noise (B, ...) to t = 1 in `steps` equal Euler steps; returns x_1 (B, ...).
-
-    The time grid is built on the noise's device before the loop, so no step waits on a host-device copy.
-    """
+def euler_times(steps: int, like: torch.Tensor) -> torch.Tensor:
+    """The times (steps,) at which `steps` equal Euler steps evaluate the field: k / steps, on `like`'s device
+    and in its dtype (built before the loop, so no step waits on a host-device copy)."""
     if steps < 1:
         raise ValueError(f"need at least one Euler step, got {steps=}")
-    b = noise.shape[0]
-    times = torch.arange(steps, device=noise.device, dtype=noise.dtype) / steps
-    dt = 1.0 / steps
-    x = noise
-    for t in times:
-        x = x + dt * velocity_fn(x, t.expand(b))
+    return torch.arange(steps, device=like.device, dtype=like.dtype) / steps
+
+
+@torch.no_grad()
+def euler_sample_steps(velocity_at: Callable[[torch.Tensor, int], torch.Tensor], noise: torch.Tensor,
+                       steps: int) -> torch.Tensor:
+    """Euler integration from x_0 = noise (B, ...) to x_1, with the field given per step index:
+    `velocity_at(x, k)` is v(x, euler_times(steps)[k]). For callers that precompute per-step inputs."""
+    x, dt = noise, 1.0 / steps
+    for k in range(steps):
+        x = x + dt * velocity_at(x, k)
     return x
+
+
+@torch.no_grad()
+def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrates from x_0 = noise (B, ...) to t = 1 in `steps` equal Euler steps; returns x_1 (B, ...)."""
+    times, b = euler_times(steps, noise), noise.shape[0]
+    return euler_sample_steps(lambda x, k: velocity_fn(x, times[k].expand(b)), noise, steps)
 
 
 @torch.no_grad()

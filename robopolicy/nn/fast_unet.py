@@ -17,8 +17,8 @@ GroupNorm, FiLM and Mish into a few C++ loops around the `stream_linear` calls, 
 shape against its own AVX-512 template and keeps the faster. This pays at batch 1, where those small ops cost as
 much as a GEMM each.
 
-The view holds copies of the weights: rebuild it after the module's weights change (DiffusionPolicy does this
-by itself, see `robopolicy/policies/diffusion.py`).
+The view holds copies of the weights: rebuild it after the module's weights change (diffusion and flow policies
+do this by themselves, see `FastUnetInference` in `robopolicy/policies/backbone.py`).
 """
 
 import functools
@@ -310,8 +310,9 @@ def compile_step(view: FastUnet1D) -> Callable[[torch.Tensor, Conditioning, int]
     """`view.step`, compiled by inductor with the weights frozen in; same call signature.
 
     On CPU, max-autotune times each GEMM shape that `stream_linear` does not run once (the first call takes 20 s,
-    up to two minutes without the kernel; later processes reuse inductor's on-disk cache). On CUDA, the step is captured as a CUDA graph. Needs a C++ compiler on CPU
-    and an unpacked view (`pack=False`): inductor packs the frozen weights itself.
+    up to two minutes without the kernel; later processes reuse inductor's on-disk cache). On CUDA, the step is
+    captured as a CUDA graph. Needs a C++ compiler on CPU and an unpacked view (`pack=False`): inductor packs the
+    frozen weights itself.
     """
     if view.packed:
         raise ValueError("compile_step needs a view built with pack=False; inductor packs the weights itself")

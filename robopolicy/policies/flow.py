@@ -25,6 +25,8 @@ from robopolicy.generative.flow import (
     Inpainting,
     adaptive_sample,
     euler_sample,
+    euler_sample_steps,
+    euler_times,
     guided_euler_sample,
     interpolate,
     sample_time,
@@ -202,12 +204,8 @@ class FlowPolicy(FastUnetInference, Policy):
     def _fast_euler(self, view, step, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """`euler_sample` through the U-Net's inference view: the same time grid, every step's FiLM computed
         once per chunk (the grid's share once per step count). cond (B, D), noise (B, H, A) -> x_1 (B, H, A)."""
-        times = torch.arange(steps, device=noise.device, dtype=noise.dtype) / steps
-        conditioning = view.condition(times * self.config.time_scale, cond)
-        x, dt = noise, 1.0 / steps
-        for i in range(steps):
-            x = x + dt * step(x, conditioning, i)
-        return x
+        conditioning = view.condition(euler_times(steps, noise) * self.config.time_scale, cond)
+        return euler_sample_steps(lambda x, k: step(x, conditioning, k), noise, steps)
 
     @property
     def sampler_name(self) -> str:

@@ -52,8 +52,8 @@ class PolicyRunner:
                         precision: str = "fp32", compile: bool = False) -> "PolicyRunner":
         """Loads EMA weights; `sampler`/`num_inference_steps` override the checkpoint's defaults (diffusion).
 
-        `fast`/`precision`/`compile` choose how diffusion-family policies run their U-Net
-        (`DiffusionPolicy.set_inference`: the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the
+        `fast`/`precision`/`compile` choose how diffusion-family and flow policies run their U-Net
+        (`FastUnetInference.set_inference`: the fp32 fast path equals the eager module to ~1e-5; "bf16" halves the
         weight bytes; `compile` has inductor compile the step, which makes the first chunk take 20 s to 2 min);
         other policies accept only the defaults.
         """
@@ -61,7 +61,7 @@ class PolicyRunner:
         if hasattr(policy, "set_inference"):
             policy.set_inference(fast=fast, precision=precision, compile=compile)
         elif precision != "fp32" or compile:
-            raise ValueError(f"precision='{precision}', compile={compile} need a diffusion-family policy, "
+            raise ValueError(f"precision='{precision}', compile={compile} need a diffusion-family or flow policy, "
                              f"got '{policy.name}'")
         if sampler is not None:
             policy.config.sampler = sampler
